@@ -1,0 +1,146 @@
+"""`scalelab bench`: training-step speed against this machine's measured peak, from one process.
+
+For each shape it builds the real train step (step.build_steps: same model, optimizer, shardings
+as a training run), compiles it, runs warm-up steps, then times `--steps` steps one by one with a
+device sync after each and reports the median. Model FLOPs come from the ledger, so the MFU here
+is the MFU a training run reports: ledger FLOPs per token x tokens/s / peak FLOP/s, where the peak
+is a jitted 2048^3 matmul measured in this process (or the datasheet figure on GPU/TPU).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import jax
+import numpy as np
+from omegaconf import OmegaConf
+
+from scalelab import hardware, ladder, ledger, optim
+from scalelab import mesh as meshlib
+from scalelab.config import MeshConfig, OptimizerConfig, ScheduleConfig
+from scalelab.model import ModelSpec
+from scalelab.step import ModelFns, build_steps
+
+
+@dataclass
+class BenchShape:
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    vocab: int = 256
+    seq_len: int = 256
+    batch_size: int = 16
+    n_kv_heads: int = 0  # 0: n_heads
+
+    @classmethod
+    def from_ladder(cls, name: str, **kw) -> BenchShape:
+        r = ladder.rung(name)
+        return cls(name=name, d_model=r["d_model"], n_layers=r["n_layers"], n_heads=r["n_heads"],
+                   d_ff=r["d_ff"], n_kv_heads=r["n_kv_heads"], **kw)
+
+
+# The reference shape of the performance issue: vocab 256, d 256, 4 layers, 4 heads, seq 256,
+# batch 16, a SwiGLU MLP with the FLOPs of a 4x GELU MLP (d_ff = 8/3 * 256 ~ 683).
+REFERENCE = BenchShape("reference", d_model=256, n_layers=4, n_heads=4, d_ff=683)
+CPU_LADDER = ("p150k", "p500k", "p1m", "p3m")
+LONG_SEQUENCE = BenchShape("p1m-seq1024", **{k: v for k, v in asdict(BenchShape.from_ladder("p1m")).items()
+                                            if k not in ("name", "seq_len", "batch_size")},
+                           seq_len=1024, batch_size=4)
+
+
+def default_shapes() -> list[BenchShape]:
+    return [REFERENCE] + [BenchShape.from_ladder(n) for n in CPU_LADDER] + [LONG_SEQUENCE]
+
+
+def bench_shape(shape: BenchShape, precision: str = "fp32", grad_accum: int = 1, steps: int = 20,
+                warmup: int = 3, attention: str = "xla") -> dict:
+    n_kv = shape.n_kv_heads or shape.n_heads
+    spec = ModelSpec(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads, n_kv_heads=n_kv,
+                     d_ff=shape.d_ff, vocab=shape.vocab, head_dim=shape.d_model // shape.n_heads,
+                     compute_dtype=precision, attention=attention)
+    lshape = ledger.Shape(d_model=shape.d_model, n_layers=shape.n_layers, n_heads=shape.n_heads, n_kv_heads=n_kv,
+                          d_ff=shape.d_ff, vocab=shape.vocab, seq_len=shape.seq_len)
+    mesh_cfg = OmegaConf.structured(MeshConfig)
+    mesh = meshlib.make_mesh(mesh_cfg)
+    schedule = optim.make_schedule(OmegaConf.structured(ScheduleConfig), 1e-3, 10_000)
+    opt_cfg = OmegaConf.structured(OptimizerConfig(lr=1e-3))
+    steps_fns = build_steps(ModelFns(spec), optim.make_optimizer(opt_cfg, schedule), schedule, mesh,
+                            OmegaConf.to_container(mesh_cfg.rules), shape.batch_size, grad_accum)
+    rng = np.random.default_rng(0)
+    batch = jax.device_put(rng.integers(0, shape.vocab, (shape.batch_size, shape.seq_len + 1), dtype=np.int32),
+                           steps_fns.batch_sharding)
+    state = steps_fns.init_state(0)
+    t0 = time.perf_counter()
+    state, metrics = steps_fns.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    compile_seconds = time.perf_counter() - t0
+    for _ in range(warmup):
+        state, metrics = steps_fns.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = steps_fns.train_step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    step_seconds = statistics.median(times)
+    tokens_per_second = shape.batch_size * shape.seq_len / step_seconds
+    fpt = ledger.flops_per_token(lshape)
+    peak, method = hardware.peak_flops(precision)
+    return {
+        **asdict(shape), "precision": precision, "grad_accum": grad_accum, "devices": jax.device_count(),
+        "mesh": dict(mesh.shape), "params": ledger.non_embedding_params(lshape),
+        "compile_seconds": compile_seconds, "step_seconds": step_seconds,
+        "step_seconds_min": min(times), "tokens_per_second": tokens_per_second,
+        "flops_per_token": fpt, "model_flops_per_second": fpt * tokens_per_second,
+        "peak_flops": peak, "peak_method": method, "mfu": fpt * tokens_per_second / peak,
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'shape':<14}{'N':>11}{'prec':>6}{'acc':>4}{'compile s':>10}{'step ms':>9}{'tok/s':>10}{'GFLOP/s':>9}{'MFU':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['name']:<14}{r['params']:>11,}{r['precision']:>6}{r['grad_accum']:>4}{r['compile_seconds']:>10.1f}"
+            f"{r['step_seconds'] * 1e3:>9.1f}{r['tokens_per_second']:>10,.0f}"
+            f"{r['model_flops_per_second'] / 1e9:>9.1f}{r['mfu']:>7.1%}"
+        )
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    shapes = default_shapes()
+    if args.shapes:
+        wanted = set(args.shapes.split(","))
+        shapes = [s for s in shapes if s.name in wanted] + [
+            BenchShape.from_ladder(n) for n in wanted if n in ladder.WIDTH_DEPTH and n not in {s.name for s in shapes}
+        ]
+    peak, method = hardware.peak_flops(args.precision)
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; peak {peak / 1e9:,.1f} GFLOP/s ({method})")
+    print("MFU = ledger FLOPs/token (6*(N_matmul + d*V) + 12*L*T*d_attn) x tokens/s / peak; "
+          f"median of {args.steps} timed steps after warm-up\n")
+    rows = []
+    for shape in shapes:
+        rows.append(bench_shape(shape, args.precision, args.grad_accum, args.steps))
+        print(format_table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else format_table(rows), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"peak_flops": peak, "peak_method": method, "results": rows}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="training-step speed (tokens/s, MFU) against the measured peak")
+    p.add_argument("--shapes", help="comma-separated: reference, p150k, p500k, p1m, p3m, p1m-seq1024, or any ladder size")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.set_defaults(func=main)
