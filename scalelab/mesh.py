@@ -84,15 +84,16 @@ def logical_to_spec(logical_axes, rules, mesh: Mesh | None = None) -> PartitionS
     return PartitionSpec(*spec)
 
 
-def check_divisible(key: str, what: str, shape, spec: PartitionSpec, mesh: Mesh) -> None:
+def check_divisible(key: str, what: str, shape, spec: PartitionSpec, mesh: Mesh, logical=None) -> None:
     """Raise ConfigError(key) when a dimension of `what` does not split evenly over its mesh axes."""
     for dim, (size, entry) in enumerate(zip(shape, spec)):
+        name = f" ({logical[dim]})" if logical else ""
         axes = _mesh_axes_of(entry)
         ways = math.prod(mesh.shape[a] for a in axes)
         if size % ways:
             raise ConfigError(
                 key,
-                f"{what} dimension {dim} of size {size} cannot be split {ways} ways over mesh axis "
+                f"{what} dimension {dim}{name} of size {size} cannot be split {ways} ways over mesh axis "
                 f"{'+'.join(axes)} (mesh {dict(mesh.shape)})",
             )
 
@@ -103,7 +104,7 @@ def param_shardings(axes_tree, shapes_tree, rules, mesh: Mesh):
     def one(path, axes, shape):
         spec = logical_to_spec(axes, rules, mesh)
         axis = next((a for e in spec for a in _mesh_axes_of(e)), "tensor")
-        check_divisible(f"mesh.{axis}", f"parameter {jax.tree_util.keystr(path)}", shape, spec, mesh)
+        check_divisible(f"mesh.{axis}", f"parameter {jax.tree_util.keystr(path)}", shape, spec, mesh, axes)
         return NamedSharding(mesh, spec)
 
     return jax.tree_util.tree_map_with_path(one, axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, tuple))
@@ -111,7 +112,7 @@ def param_shardings(axes_tree, shapes_tree, rules, mesh: Mesh):
 
 def batch_sharding(rules, mesh: Mesh, batch_size: int, key: str = "train.batch_size") -> NamedSharding:
     spec = logical_to_spec(("batch", "seq"), rules, mesh)
-    check_divisible(key, f"a batch of {batch_size} sequences", (batch_size, 1), spec, mesh)
+    check_divisible(key, f"a batch of {batch_size} sequences", (batch_size, 1), spec, mesh, ("batch", "seq"))
     return NamedSharding(mesh, spec)
 
 

@@ -24,8 +24,10 @@ class Progress:
             self._task = self._bar.add_task("train", total=self.total, loss="-", speed="-")
         return self
 
-    def update(self, step: int, row: dict) -> None:
-        if self._bar is not None:
+    def update(self, step: int, row: dict | None) -> None:
+        if self._bar is not None and row is None:
+            self._bar.update(self._task, completed=step)
+        elif self._bar is not None:
             self._bar.update(self._task, completed=step, loss=f"{row['train_loss']:.4f}",
                              speed=f"{row['tokens_per_second']:,.0f}")
 

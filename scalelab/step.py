@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from scalelab import mesh as meshlib
+from scalelab.config import ConfigError
 from scalelab.model import ModelSpec, Transformer
 
 
@@ -87,6 +88,54 @@ def loss_and_grads(fns: ModelFns, params: dict, batch_BxT1, grad_accum: int):
     return loss_sum / grad_accum, jax.tree.map(lambda g: g / grad_accum, grad_sum)
 
 
+def shard_map_loss_and_grads(fns: ModelFns, mesh, param_specs, batch_spec, grad_accum: int):
+    """Data- and FSDP-parallel loss and gradients, with every collective written out.
+
+    Each device holds its FSDP shard of every parameter and its rows of the batch. It all-gathers
+    the parameters over `fsdp`, runs forward and backward on its rows, then reduce-scatters each
+    gradient back to its shard over `fsdp` (psum for unsharded ones) and sums over `data`. The
+    result is the mean gradient of the global batch, sharded like the parameters.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    n_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+
+    def fsdp_dim(spec) -> int | None:
+        for dim, entry in enumerate(spec):
+            if "fsdp" in meshlib._mesh_axes_of(entry):
+                return dim
+        return None
+
+    def gather(p, spec):
+        dim = fsdp_dim(spec)
+        return p if dim is None else jax.lax.all_gather(p, "fsdp", axis=dim, tiled=True)
+
+    def reduce(g, spec):
+        dim = fsdp_dim(spec)
+        if dim is None:
+            g = jax.lax.psum(g, ("data", "fsdp"))
+        else:
+            g = jax.lax.psum(jax.lax.psum_scatter(g, "fsdp", scatter_dimension=dim, tiled=True), "data")
+        return g / n_shards
+
+    def as_local(p):
+        # Mark the gathered copy as per-device, so that autodiff returns this device's own gradient
+        # (shard_map would otherwise sum gradients of replicated inputs implicitly) and the
+        # reductions below are the only ones.
+        aval = jax.typeof(p)
+        varying = aval.vma if hasattr(aval, "vma") else aval.manual_axis_type.varying
+        missing = tuple(a for a in ("data", "fsdp") if a not in varying)
+        return jax.lax.pcast(p, missing, to="varying") if missing else p
+
+    def local(params, batch_BxT1):
+        full = jax.tree.map(lambda p, spec: as_local(gather(p, spec)), params, param_specs)
+        loss, grads = loss_and_grads(fns, full, batch_BxT1, grad_accum)
+        grads = jax.tree.map(reduce, grads, param_specs)
+        return jax.lax.pmean(loss, ("data", "fsdp")), grads
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(param_specs, batch_spec), out_specs=(P(), param_specs))
+
+
 @dataclass
 class Steps:
     """The compiled-on-first-call functions of one run, with the shardings they were built for."""
@@ -102,7 +151,9 @@ class Steps:
     eval_step: Any  # (params, batch) -> loss
 
 
-def build_steps(fns: ModelFns, optimizer, schedule, mesh, rules, batch_size: int, grad_accum: int) -> Steps:
+def build_steps(fns: ModelFns, optimizer, schedule, mesh, rules, batch_size: int, grad_accum: int,
+                impl: str = "jit") -> Steps:
+    """The jitted steps. impl=jit lets GSPMD place the collectives; impl=shard_map writes them out."""
     param_sh = meshlib.param_shardings(fns.logical_axes, fns.shapes, rules, mesh)
     batch_sh = meshlib.batch_sharding(rules, mesh, batch_size)
     if grad_accum > 1:
@@ -122,9 +173,23 @@ def build_steps(fns: ModelFns, optimizer, schedule, mesh, rules, batch_size: int
                                            transform_non_params=lambda _: replicated),
     }
 
+    if impl == "shard_map":
+        if mesh.shape["tensor"] > 1:
+            raise ConfigError("mesh.impl", "shard_map writes out data and FSDP parallelism only; set mesh.tensor=1 "
+                                           "or use mesh.impl=jit for tensor parallelism")
+        param_specs = jax.tree.map(lambda s: s.spec, param_sh)
+        micro = batch_size // grad_accum // (mesh.shape["data"] * mesh.shape["fsdp"])
+        if micro < 1:
+            raise ConfigError("train.grad_accum", "each device needs at least one row per microbatch")
+        # name both batch axes even when one has size 1, so every device's loss "varies" over both
+        batch_spec = jax.sharding.PartitionSpec(("data", "fsdp"))
+        grads_fn = shard_map_loss_and_grads(fns, mesh, param_specs, batch_spec, grad_accum)
+    else:
+        grads_fn = partial(loss_and_grads, fns, grad_accum=grad_accum)
+
     def train_step(state, batch):
         params = state["params"]
-        loss, grads = loss_and_grads(fns, params, batch, grad_accum)
+        loss, grads = grads_fn(params, batch)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
         metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}

@@ -1,13 +1,17 @@
 """`scalelab-train`: the Hydra main and the training loop.
 
 One step, from the command line to the jitted function:
-  entry.train -> hydra main (this file, configs/train.yaml) -> run() builds the data iterator
+  entry.train -> main() here (Hydra, configs/train.yaml) -> Trainer builds the data iterator
   (data/pipeline.py), the model functions (step.py, model.py), the mesh and shardings (mesh.py)
-  -> Trainer.fit() calls the jitted `train_step` (step.py) once per step.
+  -> Trainer.fit() -> _loop() calls the jitted `train_step` (step.py) once per step.
+
+The loop never waits for the device on an ordinary step: it dispatches step s, then reads step
+s-1's three scalars (loss, grad norm, lr), checks them for NaN/Inf and logs them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -22,14 +26,16 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from scalelab import hardware, ledger, optim
+from scalelab import distributed, hardware, ledger, optim, placement
 from scalelab import mesh as meshlib
-from scalelab.checkpoint import Checkpointer
+from scalelab.checkpoint import Checkpointer, CheckpointError, load_params
 from scalelab.config import ConfigError, register_configs, validate
 from scalelab.data import pipeline
 from scalelab.model import ModelSpec
+from scalelab.preemption import EXIT_PREEMPTED, PreemptionGuard
 from scalelab.progress import Progress
-from scalelab.runlog import RunLog, versions
+from scalelab.rundir import RunDirError, RunLock, previous_state, truncate_metrics
+from scalelab.runlog import RunLog, read_summary, versions
 from scalelab.step import ModelFns, build_steps
 
 log = logging.getLogger("scalelab")
@@ -37,6 +43,13 @@ logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU/GP
 logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
 
 EXIT_CONFIG_ERROR = 2
+EXIT_DIVERGED = 4
+
+
+class Diverged(RuntimeError):
+    def __init__(self, step: int, metrics: dict):
+        super().__init__(f"non-finite training metrics at step {step}: {metrics}")
+        self.step = step
 
 
 def run_name(override_dirname: str) -> str:
@@ -53,6 +66,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         validate(cfg)
+        distributed.initialize(cfg.distributed)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         t = cfg.train
         self.store = pipeline.open_store(cfg.data)
@@ -61,14 +75,17 @@ class Trainer:
         self.shape = ledger.Shape.from_config(cfg.model, vocab, cfg.data.seq_len)
         self.counts = ledger.Ledger.of(self.shape)
         self.mesh = meshlib.make_mesh(cfg.mesh)
+        self.rules = OmegaConf.to_container(cfg.mesh.rules)
         self.schedule = optim.make_schedule(cfg.schedule, cfg.optimizer.lr, self.plan.steps)
         optimizer = optim.make_optimizer(cfg.optimizer, self.schedule)
         self.fns = ModelFns(ModelSpec.from_config(cfg, vocab))
-        self.steps = build_steps(self.fns, optimizer, self.schedule, self.mesh, OmegaConf.to_container(cfg.mesh.rules),
-                                 t.batch_size, t.grad_accum)
+        self.steps = build_steps(self.fns, optimizer, self.schedule, self.mesh, self.rules, t.batch_size,
+                                 t.grad_accum, impl=cfg.mesh.impl)
         self.is_main = jax.process_index() == 0
         self.tokens = self.plan.steps * self.plan.tokens_per_step
+        self.config = OmegaConf.to_container(cfg, resolve=True)
 
+    # ---- bookkeeping ------------------------------------------------------------------------
     def base_summary(self) -> dict:
         cfg = self.cfg
         return {
@@ -86,6 +103,8 @@ class Trainer:
             "epochs": round(self.plan.epochs, 4),
             "repeats_data": self.plan.repeats_data,
             "data": {"source": cfg.data.source, "path": str(self.store.path),
+                     "tokenizer": self.store.tokenizer.to_dict() if self.store.tokenizer.kind == "byte"
+                     else {"kind": self.store.tokenizer.kind, "vocab_size": self.store.tokenizer.vocab_size},
                      "train_tokens": self.store.tokens("train"), "val_tokens": self.store.tokens("val"),
                      "bytes_per_token": self.store.bytes_per_token("val"),
                      "sha256": self.store.manifest.get("sha256")},
@@ -93,9 +112,15 @@ class Trainer:
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "init_from": cfg.init_from,
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "start": "fine-tune" if cfg.init_from else "scratch",
+            "resumed_from": [],
+            "config": self.config,
             "versions": versions(),
         }
+
+    def checkpoint_meta(self, step: int) -> dict:
+        return {"step": step, "model": self.cfg.model.name, "tokenizer": self.store.tokenizer.to_dict(),
+                "config": self.config}
 
     def to_global(self, local_batch: np.ndarray) -> jax.Array:
         global_shape = (self.cfg.train.batch_size, *local_batch.shape[1:])
@@ -108,103 +133,168 @@ class Trainer:
     def bpb(self, loss: float) -> float:
         return loss / math.log(2) / self.store.bytes_per_token("val")
 
+    # ---- the run ----------------------------------------------------------------------------
     def fit(self) -> dict:
-        cfg, t = self.cfg, self.cfg.train
-        runlog = RunLog(self.run_dir, enabled=self.is_main)
+        with RunLock(self.run_dir, enabled=self.is_main):
+            previous = previous_state(self.run_dir, self.config)
+            if previous == "completed":
+                log.info("%s already completed with this config; nothing to do", self.run_dir)
+                return read_summary(self.run_dir)
+            return self._fit(previous)
+
+    def _fit(self, previous: str) -> dict:
         summary = self.base_summary()
-        runlog.summary(summary)
+        if previous == "resume":
+            summary["resumed_from"] = (read_summary(self.run_dir) or {}).get("resumed_from", [])
+        if self.is_main:
+            log.info("%s", placement.table(self.fns, self.steps, self.mesh))
+        ckpt = Checkpointer(self.run_dir, keep=self.cfg.checkpoint.keep, async_save=self.cfg.checkpoint.async_save)
+        runlog = None
         started = time.time()
         try:
-            summary.update(self._loop(runlog))
-            summary["status"] = "completed"
+            state, data_state, start_step = self._initial_state(ckpt)
+            if start_step:
+                summary["resumed_from"].append(start_step)
+                if self.is_main:
+                    dropped = truncate_metrics(self.run_dir, start_step)
+                    log.info("resuming from step %d (dropped %d metrics rows logged after it)", start_step, dropped)
+            runlog = RunLog(self.run_dir, enabled=self.is_main)
+            runlog.summary(summary)
+            with PreemptionGuard() as guard:
+                outcome = self._loop(state, data_state, start_step, ckpt, runlog, summary, guard)
+                summary.update(outcome)
+                summary["status"] = "preempted" if guard.requested else "completed"
+                if guard.requested:
+                    self._finish(summary, runlog, ckpt, started)
+                    guard.hand_over()
+        except Diverged as exc:
+            summary.update(status="diverged", diverged_at_step=exc.step, error={"message": str(exc)},
+                           last_checkpoint=max(ckpt.steps(), default=None))
+            self._finish(summary, runlog, ckpt, started)
+            raise
         except BaseException as exc:
+            if isinstance(exc, SystemExit) and summary.get("status") == "preempted":
+                raise
             summary["status"] = "failed"
             summary["error"] = {"message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            self._finish(summary, runlog, ckpt, started)
             raise
-        finally:
-            summary["wall_seconds"] = round(time.time() - started, 3)
-            runlog.summary(summary)
-            runlog.close()
+        self._finish(summary, runlog, ckpt, started)
         return summary
 
-    def _loop(self, runlog: RunLog) -> dict:
+    def _finish(self, summary: dict, runlog: RunLog | None, ckpt: Checkpointer, started: float) -> None:
+        try:
+            ckpt.close()
+        except Exception as exc:  # noqa: BLE001 - keep the summary even if the last save failed
+            summary.setdefault("error", {"message": f"checkpoint close failed: {exc}"})
+        summary["wall_seconds"] = round(time.time() - started, 3)
+        runlog = runlog or RunLog(self.run_dir, enabled=self.is_main, tensorboard=False)
+        runlog.summary(summary)
+        runlog.close()
+
+    def _initial_state(self, ckpt: Checkpointer):
+        """(state, data iterator state or None, step): resumed, fine-tune start, or fresh."""
+        steps, t = self.steps, self.cfg.train
+        abstract = jax.eval_shape(steps.init_state, t.seed)
+        restored = ckpt.restore_latest(abstract, steps.state_shardings)
+        if restored is not None:
+            state, data_state, meta = restored
+            return state, data_state, int(meta["step"])
+        state = steps.init_state(t.seed)
+        if self.cfg.init_from:
+            self._check_tokenizer(self.cfg.init_from)
+            state["params"] = load_params(self.cfg.init_from, abstract["params"], steps.state_shardings["params"])
+        return state, None, 0
+
+    def _check_tokenizer(self, init_from: str) -> None:
+        from scalelab.checkpoint import resolve_checkpoint
+
+        meta_file = resolve_checkpoint(init_from) / "meta" / "metadata"
+        if not meta_file.exists():
+            return
+        theirs = json.loads(meta_file.read_text()).get("tokenizer")
+        ours = self.store.tokenizer.to_dict()
+        if theirs is not None and theirs != ours:
+            raise CheckpointError(
+                f"init_from={init_from}: the checkpoint was trained with tokenizer "
+                f"{theirs.get('kind')} (vocab {theirs.get('vocab_size')}), but this run's data uses "
+                f"{ours.get('kind')} (vocab {ours.get('vocab_size')})"
+            )
+
+    def _loop(self, state, data_state, start_step, ckpt, runlog, summary, guard) -> dict:
         cfg, t = self.cfg, self.cfg.train
         peak, peak_method = hardware.peak_flops(t.precision)
-        fpt = self.counts.flops_per_token
-        steps = self.steps
-        data_iter = pipeline.train_iterator(self.store, cfg.data, t.batch_size, t.seed, self.plan.steps,
+        fpt, tps, total = self.counts.flops_per_token, self.plan.tokens_per_step, self.plan.steps
+        data_iter = pipeline.train_iterator(self.store, cfg.data, t.batch_size, t.seed, total,
                                             jax.process_index(), jax.process_count())
+        if data_state is not None:
+            data_iter.set_state(data_state)
         eval_set = pipeline.eval_batches(self.store, cfg.data, t.batch_size, t.eval_tokens,
                                          jax.process_index(), jax.process_count())
-        state = steps.init_state(t.seed)
-        total = self.plan.steps
-        tps = self.plan.tokens_per_step
+        clock = {"step": start_step, "time": time.time(), "eval_seconds": 0.0, "loop_start": time.time()}
+        last_row: dict = {}
+        eval_loss = summary.get("final_eval_loss")
 
-        def row_of(step: int, metrics, interval_tokens: int, interval_seconds: float) -> dict:
-            speed = interval_tokens / interval_seconds if interval_seconds > 0 else float("nan")
-            row = {"step": step, "tokens": step * tps, "flops": step * tps * fpt}
-            row.update({k: float(v) for k, v in metrics.items()})
-            row.update({"tokens_per_second": speed, "mfu": speed * fpt / peak})
-            return row
-
-        loop_start = time.time()
-        last = {"step": 0, "time": loop_start}
-        first_step_done = None
-        eval_loss = None
-        pending = None  # (step, metrics on device): read one step late, so the host never waits
-        with Progress(total, enabled=self.is_main and t.progress) as bar:
-            for i in range(total):
-                step = i + 1
-                state, metrics = steps.train_step(state, self.to_global(next(data_iter)))
-                if pending is not None:
-                    self._emit(runlog, bar, pending, row_of, last)
-                    pending = None
-                if first_step_done is None:
-                    jax.block_until_ready(metrics)
-                    first_step_done = (step, time.time())
-                is_eval = (t.eval_every and step % t.eval_every == 0) or step == total
-                if is_eval:
-                    row = self._emit(runlog, bar, (step, metrics), row_of, last,
-                                     evaluate=lambda p=state["params"]: self.evaluate(p, eval_set))
-                    eval_loss = row["eval_loss"]
-                elif step % t.log_every == 0:
-                    pending = (step, metrics)
-            if pending is not None:
-                self._emit(runlog, bar, pending, row_of, last)
-        end = time.time()
-        ckpt = Checkpointer(self.run_dir, keep=cfg.checkpoint.keep, async_save=False)
-        ckpt.save(total, state, data_iter.get_state(), {"step": total, "model": cfg.model.name}, force=True)
-        ckpt.close()
-        done_step, done_time = first_step_done
-        steady_tokens = (total - done_step) * tps
-        steady_seconds = end - done_time - last.get("eval_seconds", 0.0)
-        speed = steady_tokens / steady_seconds if steady_tokens > 0 and steady_seconds > 0 else float("nan")
-        return {
-            "final_eval_loss": eval_loss,
-            "final_eval_bpb": self.bpb(eval_loss),
-            "final_train_loss": last.get("train_loss"),
-            "tokens_per_second": speed,
-            "mfu": speed * fpt / peak,
-            "peak_flops": peak,
-            "peak_method": peak_method,
-            "first_step_seconds": round(done_time - loop_start, 3),  # compilation + one step
-        }
-
-    def _emit(self, runlog, bar, pending, row_of, last, evaluate=None) -> dict:
-        """Log one row; an evaluation runs after the clock stops, so tokens/s counts training only."""
-        step, metrics = pending
-        metrics = jax.device_get(metrics)
-        now = time.time()
-        row = row_of(step, metrics, (step - last["step"]) * self.plan.tokens_per_step, now - last["time"])
-        if evaluate is not None:
-            row["eval_loss"] = evaluate()
-            row["eval_bpb"] = self.bpb(row["eval_loss"])
-            last["eval_seconds"] = last.get("eval_seconds", 0.0) + time.time() - now
+        def record(step, metrics, evaluate=False) -> None:
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not all(math.isfinite(values[k]) for k in ("train_loss", "grad_norm")):
+                raise Diverged(step, values)
+            if not (evaluate or step % t.log_every == 0 or step == total):
+                return
             now = time.time()
-        last.update(step=step, time=now, train_loss=row["train_loss"])
-        runlog.log(row)
-        bar.update(step, row)
-        return row
+            seconds = now - clock["time"]
+            speed = (step - clock["step"]) * tps / seconds if seconds > 0 else float("nan")
+            row = {"step": step, "tokens": step * tps, "flops": step * tps * fpt, **values,
+                   "tokens_per_second": speed, "mfu": speed * fpt / peak}
+            if evaluate:
+                row["eval_loss"] = self.evaluate(state["params"], eval_set)
+                row["eval_bpb"] = self.bpb(row["eval_loss"])
+                clock["eval_seconds"] += time.time() - now
+                now = time.time()
+            clock.update(step=step, time=now)
+            last_row.clear()
+            last_row.update(row)
+            runlog.log(row)
+            bar.update(step, row)
+
+        pending = None
+        first_done = None
+        with Progress(total, enabled=self.is_main and t.progress) as bar:
+            bar.update(start_step, None)
+            for step in range(start_step + 1, total + 1):
+                state, metrics = self.steps.train_step(state, self.to_global(next(data_iter)))
+                if pending is not None:
+                    record(*pending)
+                pending = (step, metrics)
+                if first_done is None:
+                    jax.block_until_ready(metrics)
+                    first_done = (step, time.time())
+                is_eval = bool(t.eval_every and step % t.eval_every == 0) or step == total
+                is_ckpt = bool(cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
+                if is_eval or is_ckpt or guard.requested or step == total:
+                    record(step, metrics, evaluate=is_eval)
+                    pending = None
+                    if is_eval:
+                        eval_loss = last_row["eval_loss"]
+                    if step == total or is_ckpt or guard.requested:
+                        ckpt.save(step, state, data_iter.get_state(), self.checkpoint_meta(step), force=True)
+                    if guard.requested:
+                        log.warning("signal %s: saved a checkpoint at step %d, stopping", guard.signum, step)
+                        break
+        end = time.time()
+        if eval_loss is None:  # resumed from the final checkpoint of a run killed before its summary
+            eval_loss = self.evaluate(state["params"], eval_set)
+        result = {"final_eval_loss": eval_loss, "final_train_loss": last_row.get("train_loss"),
+                  "final_eval_bpb": self.bpb(eval_loss) if eval_loss is not None else None,
+                  "peak_flops": peak, "peak_method": peak_method, "steps_done": clock["step"]}
+        if first_done is not None:
+            done_step, done_time = first_done
+            steady = (clock["step"] - done_step) * tps
+            seconds = end - done_time - clock["eval_seconds"]
+            speed = steady / seconds if steady > 0 and seconds > 0 else float("nan")
+            result.update(tokens_per_second=speed, mfu=speed * fpt / peak,
+                          first_step_seconds=round(done_time - clock["loop_start"], 3))
+        return result
 
 
 def clean_failed_start(run_dir: Path) -> None:
@@ -229,10 +319,17 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         trainer = Trainer(cfg, run_dir)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        clean_failed_start(run_dir)
+        summary = trainer.fit()
+    except (ConfigError, RunDirError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, ConfigError):
+            clean_failed_start(run_dir)
         sys.exit(EXIT_CONFIG_ERROR)
-    summary = trainer.fit()
-    log.info("done: %s final_eval_loss=%.4f (%.3f bits/byte) in %.1f s",
-             summary["status"], summary["final_eval_loss"], summary["final_eval_bpb"], summary["wall_seconds"])
+    except Diverged as exc:
+        print(f"diverged: {exc}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
+    log.info("%s: %s, final_eval_loss=%.4f (%.3f bits/byte), %.1f s", run_dir, summary["status"],
+             summary["final_eval_loss"], summary["final_eval_bpb"], summary["wall_seconds"])
+
+
+__all__ = ["EXIT_CONFIG_ERROR", "EXIT_DIVERGED", "EXIT_PREEMPTED", "Trainer", "main", "run"]
