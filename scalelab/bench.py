@@ -102,6 +102,67 @@ def bench_shape(shape: BenchShape, precision: str = "fp32", grad_accum: int = 1,
     }
 
 
+def bench_data(seq_len: int = 256, batch_size: int = 16, batches: int = 300) -> dict:
+    """Tokens/s the Grain pipeline delivers from the built-in corpus (shuffled windows, batched)."""
+    from scalelab.data import pipeline
+    from scalelab.data.stdlib import open_stdlib
+
+    store = open_stdlib()
+    cfg = OmegaConf.create({"seq_len": seq_len, "prefetch": 4})
+    it = pipeline.train_iterator(store, cfg, batch_size, seed=0, steps=batches)
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches - 1):
+        next(it)
+    seconds = time.perf_counter() - t0
+    return {"seq_len": seq_len, "batch_size": batch_size,
+            "tokens_per_second": (batches - 1) * batch_size * seq_len / seconds}
+
+
+def bench_compile_cache(shape: BenchShape = REFERENCE) -> dict:
+    """Compile time of the train step with an empty persistent cache, then with a warm one."""
+    import tempfile
+
+    def first_step_seconds() -> float:
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        bench_shape(shape, steps=1, warmup=0)
+        return time.perf_counter() - t0
+
+    previous = jax.config.jax_compilation_cache_dir
+    with tempfile.TemporaryDirectory() as cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        try:
+            cold = first_step_seconds()
+            warm = first_step_seconds()
+        finally:
+            jax.config.update("jax_compilation_cache_dir", previous)
+    return {"shape": shape.name, "cold_seconds": cold, "warm_seconds": warm}
+
+
+def bench_overhead(steps: int = 300) -> dict:
+    """Step time of a real training run with and without per-step logging and checkpoint.every=100."""
+    import tempfile
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from scalelab.train import CONFIG_DIR, run
+
+    common = ["model=p150k", "data.seq_len=128", f"data.tokens={steps * 16 * 128}", "train.batch_size=16",
+              "train.progress=false", "train.eval_tokens=2048"]
+    variants = {"quiet": ["train.log_every=1000000", "checkpoint.every=0"],
+                "logging+checkpoints": ["train.log_every=1", "checkpoint.every=100"]}
+    speeds = {}
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"), tempfile.TemporaryDirectory() as tmp:
+        for name, extra in variants.items():
+            summary = run(compose(config_name="train", overrides=common + extra), Path(tmp) / name)
+            speeds[name] = summary["tokens_per_second"]
+    return {"steps": steps, "tokens_per_second": speeds,
+            "overhead": speeds["quiet"] / speeds["logging+checkpoints"] - 1}
+
+
 def format_table(rows: list[dict]) -> str:
     head = f"{'shape':<14}{'N':>11}{'prec':>6}{'acc':>4}{'compile s':>10}{'step ms':>9}{'tok/s':>10}{'GFLOP/s':>9}{'MFU':>7}"
     lines = [head, "-" * len(head)]
@@ -129,9 +190,22 @@ def main(args) -> int:
     for shape in shapes:
         rows.append(bench_shape(shape, args.precision, args.grad_accum, args.steps))
         print(format_table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else format_table(rows), flush=True)
+    extras = {}
+    if not args.no_extras:
+        fastest = max(r["tokens_per_second"] for r in rows)
+        extras["data"] = bench_data()
+        ratio = extras["data"]["tokens_per_second"] / fastest
+        print(f"\ndata pipeline: {extras['data']['tokens_per_second']:,.0f} tokens/s "
+              f"= {ratio:.0f}x the fastest step above")
+        extras["compile_cache"] = bench_compile_cache()
+        print(f"compile + first step, reference shape: cold cache {extras['compile_cache']['cold_seconds']:.1f} s, "
+              f"warm persistent cache {extras['compile_cache']['warm_seconds']:.1f} s")
+        extras["overhead"] = bench_overhead()
+        print(f"logging every step + checkpoint.every=100: {extras['overhead']['overhead']:+.1%} step time "
+              f"({extras['overhead']['tokens_per_second']})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"peak_flops": peak, "peak_method": method, "results": rows}, f, indent=2)
+            json.dump({"peak_flops": peak, "peak_method": method, "results": rows, **extras}, f, indent=2)
         print(f"\nwrote {args.json}")
     return 0
 
@@ -143,4 +217,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--no-extras", action="store_true",
+                   help="skip the data-pipeline, compile-cache and logging/checkpoint overhead measurements")
     p.set_defaults(func=main)

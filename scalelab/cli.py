@@ -1,24 +1,31 @@
-"""`scalelab <subcommand>`: everything that is not a Hydra training run."""
+"""`scalelab <subcommand>`: everything that is not a Hydra training run.
+
+  scalelab data prepare INPUT... --out DIR     prepare a dataset (text files, JSONL, Parquet)
+  scalelab eval RUN_OR_CHECKPOINT              loss, perplexity, bits per byte
+  scalelab generate RUN_OR_CHECKPOINT --prompt TEXT
+  scalelab status SWEEP_DIR                    a sweep's grid of runs and their states
+  scalelab analyze collect|fit|compare|report  scaling-law analysis
+  scalelab bench                               training-step speed against this machine's peak
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from scalelab import bench, sweep_cli, workflow_cli
+from scalelab.analysis import cli as analysis_cli
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scalelab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="scalelab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    from scalelab import bench
-
+    workflow_cli.add_parsers(sub)
+    sweep_cli.add_parser(sub)
+    analyze = sub.add_parser("analyze", help="collect runs, fit scaling laws, compare, report")
+    analysis_cli.add_subparsers(analyze.add_subparsers(dest="analyze_command", required=True))
     bench.add_parser(sub)
-    try:
-        from scalelab.analysis import cli as analysis_cli
-    except ImportError:  # pragma: no cover - the analysis package is optional while it is being built
-        analysis_cli = None
-    if analysis_cli is not None:
-        analyze = sub.add_parser("analyze", help="collect runs, fit scaling laws, compare, report")
-        analysis_cli.add_subparsers(analyze.add_subparsers(dest="analyze_command", required=True))
     return parser
 
 
@@ -26,7 +33,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

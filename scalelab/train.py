@@ -67,6 +67,8 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         validate(cfg)
         distributed.initialize(cfg.distributed)
+        if jax.config.jax_compilation_cache_dir:  # e.g. JAX_COMPILATION_CACHE_DIR, set per sweep
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         t = cfg.train
         self.store = pipeline.open_store(cfg.data)
@@ -155,8 +157,9 @@ class Trainer:
             state, data_state, start_step = self._initial_state(ckpt)
             if start_step:
                 summary["resumed_from"].append(start_step)
-                if self.is_main:
-                    dropped = truncate_metrics(self.run_dir, start_step)
+            if self.is_main:  # rows an interrupted attempt logged after its last checkpoint are redone
+                dropped = truncate_metrics(self.run_dir, start_step)
+                if start_step or dropped:
                     log.info("resuming from step %d (dropped %d metrics rows logged after it)", start_step, dropped)
             runlog = RunLog(self.run_dir, enabled=self.is_main)
             runlog.summary(summary)

@@ -1,0 +1,120 @@
+"""Chinchilla approach 2: IsoFLOP profiles.
+
+For each compute budget, a parabola of loss in log N (and one in log D) is
+fitted to the runs nearest the budget's minimum; the vertices give N_opt(C)
+and D_opt(C). Budgets whose minimum lies at the edge of the sampled sizes, that
+have fewer than 3 sizes, or whose parabola opens downwards are dropped with a
+warning. Power laws N_opt = G*C^a and D_opt = H*C^b are then straight lines in
+log space, and the loss at the vertices gives the frontier L(C) = E + A*C^-gamma.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from .budgets import DEFAULT_TOLERANCE, assign_budgets
+from .conventions import base_conventions
+from .errors import AnalysisError, AnalysisWarning
+from .frontier import fit_frontier
+from .laws import fit_power_law
+from .result import FitResult
+
+MIN_SIZES = 3
+DEFAULT_WINDOW = 5
+
+
+def _vertex(x, y):
+    """Vertex (x*, y*) and coefficients (c2, c1, c0) of the least-squares parabola through (x, y)."""
+    c2, c1, c0 = np.polyfit(x, y, 2)
+    if not c2 > 0:
+        return None, None, (c2, c1, c0)
+    x_star = -c1 / (2 * c2)
+    return x_star, c0 - c1 ** 2 / (4 * c2), (c2, c1, c0)
+
+
+def budget_minimum(params, tokens, loss, window: int = DEFAULT_WINDOW):
+    """The IsoFLOP minimum of one budget's runs (arrays): (dict, None) or (None, reason it was dropped)."""
+    params, tokens, loss = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
+    sizes, which = np.unique(params, return_inverse=True)
+    if len(sizes) < MIN_SIZES:
+        return None, f"has {len(sizes)} model size(s); a parabola needs at least {MIN_SIZES}"
+    per_size = np.full(len(sizes), np.inf)
+    np.minimum.at(per_size, which, loss)
+    best = int(np.argmin(per_size))
+    if best in (0, len(sizes) - 1):
+        side = "smallest" if best == 0 else "largest"
+        return None, (f"its lowest loss is at the {side} sampled size (N = {sizes[best]:.3g}): "
+                      "the minimum is not bracketed")
+    width = max(window, MIN_SIZES)
+    lo = max(0, best - (width - 1) // 2)
+    hi = min(len(sizes), lo + width)
+    lo = max(0, hi - width)
+    chosen = (which >= lo) & (which < hi)
+    log_n, log_d, fitted = np.log(params[chosen]), np.log(tokens[chosen]), loss[chosen]
+    x_n, loss_n, curv_n = _vertex(log_n, fitted)
+    x_d, _, curv_d = _vertex(log_d, fitted)
+    if x_n is None or x_d is None:
+        return None, "the parabola through the points nearest the minimum opens downwards"
+    if not (log_n.min() <= x_n <= log_n.max()):
+        return None, "the parabola's vertex lies outside the sizes it was fitted to"
+    return {
+        "N_opt": float(np.exp(x_n)), "D_opt": float(np.exp(x_d)), "loss_opt": float(loss_n),
+        "n_runs": int(len(params)), "n_sizes": int(len(sizes)), "n_fitted": int(chosen.sum()),
+        "parabola_logN": [float(c) for c in curv_n], "parabola_logD": [float(c) for c in curv_d],
+        "N_fit_low": float(params[chosen].min()), "N_fit_high": float(params[chosen].max()),
+        "N_min_sampled": float(sizes[0]), "N_max_sampled": float(sizes[-1]),
+    }, None
+
+
+def isoflop_minima(table: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE,
+                   window: int = DEFAULT_WINDOW):
+    """Per-budget minima (DataFrame), the dropped budgets [(budget, reason)], and the budget source."""
+    budget, source = assign_budgets(table, tolerance)
+    budget = budget.to_numpy(dtype=float)
+    missing = int(np.isnan(budget).sum())
+    if missing:
+        warnings.warn(f"approach 2: {missing} run(s) have no budget and are left out", AnalysisWarning,
+                      stacklevel=3)
+    params, tokens, loss = (table[c].to_numpy(dtype=float) for c in ("params", "tokens", "loss"))
+    rows, dropped = [], []
+    for value in np.unique(budget[~np.isnan(budget)]):
+        members = budget == value
+        minimum, reason = budget_minimum(params[members], tokens[members], loss[members], window)
+        if minimum is None:
+            dropped.append((float(value), reason))
+        else:
+            rows.append({"budget": float(value), **minimum})
+    return pd.DataFrame(rows), dropped, source
+
+
+def fit_approach2(table: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE,
+                  window: int = DEFAULT_WINDOW, **_ignored) -> FitResult:
+    """Fit approach 2 on a validated table."""
+    if window < MIN_SIZES:
+        raise AnalysisError(f"approach 2: the parabola window must hold at least {MIN_SIZES} sizes, got {window}")
+    minima, dropped, source = isoflop_minima(table, tolerance, window)
+    for value, reason in dropped:
+        warnings.warn(f"approach 2: dropped budget {value:.3g} FLOPs: {reason}", AnalysisWarning, stacklevel=2)
+    if len(minima) < 2:
+        listed = "; ".join(f"budget {v:.3g}: {r}" for v, r in dropped) or "none"
+        raise AnalysisError(
+            f"approach 2 needs at least 2 budgets with a bracketed minimum (each with at least {MIN_SIZES} "
+            f"model sizes), got {len(minima)} usable of {len(minima) + len(dropped)} (budgets from {source}). "
+            f"Dropped: {listed}")
+    n_law = fit_power_law(minima["budget"], minima["N_opt"], "approach 2 N_opt(C)")
+    d_law = fit_power_law(minima["budget"], minima["D_opt"], "approach 2 D_opt(C)")
+    result = FitResult(approach="2", converged=True, n_runs=len(table),
+                       a=n_law.exponent, b=d_law.exponent, G=n_law.coefficient, H=d_law.coefficient,
+                       conventions=base_conventions())
+    result.params = {"G": n_law.coefficient, "a": n_law.exponent, "H": d_law.coefficient, "b": d_law.exponent}
+    result.frontier, note = fit_frontier(minima["budget"], minima["loss_opt"], "approach 2")
+    result.details = {
+        "budgets_from": source, "window": window, "budget_tolerance": tolerance,
+        "minima": minima.to_dict(orient="records"),
+        "dropped_budgets": [{"budget": v, "reason": r} for v, r in dropped],
+        "frontier_note": note,
+    }
+    return result
