@@ -104,7 +104,7 @@ class Trainer:
             "tokens_per_step": self.plan.tokens_per_step,
             "epochs": round(self.plan.epochs, 4),
             "repeats_data": self.plan.repeats_data,
-            "data": {"source": cfg.data.source, "path": str(self.store.path),
+            "data": {"source": cfg.data.source, "path": str(self.store.path.resolve()),
                      "tokenizer": self.store.tokenizer.to_dict() if self.store.tokenizer.kind == "byte"
                      else {"kind": self.store.tokenizer.kind, "vocab_size": self.store.tokenizer.vocab_size},
                      "train_tokens": self.store.tokens("train"), "val_tokens": self.store.tokens("val"),
