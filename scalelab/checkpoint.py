@@ -64,19 +64,23 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def restore_step(self, step: int, abstract_state, shardings):
+        """(state, data_state, meta) of the checkpoint at `step`, placed with `shardings`."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_target(abstract_state, shardings)),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["state"], restored["data"], restored["meta"]
+
     def restore_latest(self, abstract_state, shardings):
         """(state, data_state, meta) of the newest checkpoint that restores, or None if there is none."""
         for step in reversed(self.steps()):
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(_target(abstract_state, shardings)),
-                        data=ocp.args.JsonRestore(),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
-                return restored["state"], restored["data"], restored["meta"]
+                return self.restore_step(step, abstract_state, shardings)
             except Exception as exc:  # noqa: BLE001 - any failure means this checkpoint is unusable
                 self._set_aside(step, exc)
         return None

@@ -4,6 +4,7 @@
   scalelab eval RUN_OR_CHECKPOINT              loss, perplexity, bits per byte
   scalelab generate RUN_OR_CHECKPOINT --prompt TEXT
   scalelab status SWEEP_DIR                    a sweep's grid of runs and their states
+  scalelab wsd --model M --tokens D --sweep-dir DIR  WSD cooldown branches from one stable run
   scalelab analyze collect|fit|compare|report  scaling-law analysis
   scalelab bench                               training-step speed against this machine's peak
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scalelab import bench, sweep_cli, workflow_cli
+from scalelab import bench, sweep_cli, workflow_cli, wsd
 from scalelab.analysis import cli as analysis_cli
 
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_parser(sub)
     analyze = sub.add_parser("analyze", help="collect runs, fit scaling laws, compare, report")
     analysis_cli.add_subparsers(analyze.add_subparsers(dest="analyze_command", required=True))
+    wsd.add_parser(sub)
     bench.add_parser(sub)
     return parser
 

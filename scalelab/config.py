@@ -117,6 +117,7 @@ class DistributedConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 0  # steps; 0: only at the end
+    steps: list[int] = field(default_factory=list)  # extra steps to save at (WSD fork points); kept
     keep: int = 2
     async_save: bool = True
 
@@ -132,6 +133,10 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     init_from: str | None = None  # a checkpoint directory: start from its parameters (fine-tuning)
+    # a WSD stable run's directory: start this run's cooldown from its checkpoint at the step where
+    # this run's decay begins (full state: parameters, optimizer, data position); see scalelab/wsd.py
+    fork_from: str | None = None
+    role: str = "run"  # run | wsd-stable (the shared stable phase of WSD branches; analysis skips it)
     budget: float | None = None  # nominal compute budget (FLOPs), set by the IsoFLOP sweeper
 
 
@@ -195,6 +200,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("data.path", "data=prepared needs data.path=DIR (a `scalelab data prepare` output)")
     if not 0 <= cfg.schedule.decay <= 1:
         raise ConfigError("schedule.decay", f"must lie in [0, 1]; got {cfg.schedule.decay}")
+    if cfg.fork_from and cfg.schedule.name != "wsd":
+        raise ConfigError("fork_from", "forks a WSD cooldown: needs schedule=wsd")
+    if cfg.fork_from and cfg.init_from:
+        raise ConfigError("fork_from", "give either fork_from or init_from, not both")
+    if cfg.role not in ("run", "wsd-stable"):
+        raise ConfigError("role", f"must be run or wsd-stable; got {cfg.role!r}")
     if cfg.schedule.final_lr_ratio > 1:
         raise ConfigError("schedule.final_lr_ratio", f"must be at most 1; got {cfg.schedule.final_lr_ratio}")
 

@@ -24,6 +24,7 @@ import hydra
 import jax
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from scalelab import distributed, hardware, ledger, optim, placement
@@ -114,7 +115,9 @@ class Trainer:
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "init_from": cfg.init_from,
-            "start": "fine-tune" if cfg.init_from else "scratch",
+            "fork_from": cfg.fork_from,
+            "role": cfg.role,
+            "start": "fine-tune" if cfg.init_from else "fork" if cfg.fork_from else "scratch",
             "resumed_from": [],
             "config": self.config,
             "versions": versions(),
@@ -203,11 +206,31 @@ class Trainer:
         if restored is not None:
             state, data_state, meta = restored
             return state, data_state, int(meta["step"])
+        if self.cfg.fork_from:
+            return self._fork(abstract)
         state = steps.init_state(t.seed)
         if self.cfg.init_from:
             self._check_tokenizer(self.cfg.init_from)
             state["params"] = load_params(self.cfg.init_from, abstract["params"], steps.state_shardings["params"])
         return state, None, 0
+
+    def fork_step(self) -> int:
+        """The step at which this WSD run's decay begins: where it forks from the stable run."""
+        return self.plan.steps - int(round(self.cfg.schedule.decay * self.plan.steps))
+
+    def _fork(self, abstract):
+        step = self.fork_step()
+        source = Checkpointer(self.cfg.fork_from, keep=1_000_000, async_save=False)
+        if step not in source.steps():
+            raise CheckpointError(
+                f"fork_from={self.cfg.fork_from} has no checkpoint at step {step} (this run's decay start); "
+                f"it has {source.steps()}: run the stable phase with checkpoint.steps=[{step}, ...]"
+            )
+        restored = source.restore_step(step, abstract, self.steps.state_shardings)
+        source.close()
+        log.info("forked from %s at step %d", self.cfg.fork_from, step)
+        state, data_state, _ = restored
+        return state, data_state, step
 
     def _check_tokenizer(self, init_from: str) -> None:
         from scalelab.checkpoint import resolve_checkpoint
@@ -273,7 +296,8 @@ class Trainer:
                     jax.block_until_ready(metrics)
                     first_done = (step, time.time())
                 is_eval = bool(t.eval_every and step % t.eval_every == 0) or step == total
-                is_ckpt = bool(cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
+                is_ckpt = bool(cfg.checkpoint.every and step % cfg.checkpoint.every == 0) \
+                    or step in cfg.checkpoint.steps
                 if is_eval or is_ckpt or guard.requested or step == total:
                     record(step, metrics, evaluate=is_eval)
                     pending = None
@@ -319,18 +343,19 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         trainer = Trainer(cfg, run_dir)
         summary = trainer.fit()
-    except (ConfigError, RunDirError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, RunDirError, CheckpointError, Diverged) as exc:
+        print(f"{'diverged' if isinstance(exc, Diverged) else 'error'}: {exc}", file=sys.stderr)
         if isinstance(exc, ConfigError):
             clean_failed_start(run_dir)
-        sys.exit(EXIT_CONFIG_ERROR)
-    except Diverged as exc:
-        print(f"diverged: {exc}", file=sys.stderr)
-        sys.exit(EXIT_DIVERGED)
+        if in_sweep:  # the launcher records the failure and goes on with the other jobs
+            raise
+        sys.exit(EXIT_DIVERGED if isinstance(exc, Diverged) else EXIT_CONFIG_ERROR)
     log.info("%s: %s, final_eval_loss=%.4f (%.3f bits/byte), %.1f s", run_dir, summary["status"],
              summary["final_eval_loss"], summary["final_eval_bpb"], summary["wall_seconds"])
 

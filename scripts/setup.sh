@@ -15,7 +15,10 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.scalelab-installed
 want=$(sha256sum pyproject.toml | cut -c1-16)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+venv_python="$PWD/.venv/bin/python"
+# reinstall when pyproject changed, or when the package or its Hydra plugin is not importable
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+   || ! (cd / && "$venv_python" -c 'import scalelab, hydra_plugins.scalelab_sweepers' 2>/dev/null); then
   echo "[setup] installing scalelab and its dependencies into .venv (about a minute)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'

@@ -61,6 +61,8 @@ def read_summary_row(run_dir: Path, sweep: str) -> dict:
         row.update(status=UNREADABLE_STATUS, error=str(exc))
         return row
     status = str(summary.get("status") or "unknown")
+    if summary.get("role") == "wsd-stable":  # the shared stable phase of WSD branches: not a scaling point
+        status = "wsd-stable"
     row.update(
         status=status,
         model=summary.get("model"),
