@@ -67,9 +67,9 @@ def bench_shape(shape: BenchShape, precision: str = "fp32", grad_accum: int = 1,
                           d_ff=shape.d_ff, vocab=shape.vocab, seq_len=shape.seq_len)
     mesh_cfg = OmegaConf.structured(MeshConfig)
     mesh = meshlib.make_mesh(mesh_cfg)
-    schedule = optim.make_schedule(OmegaConf.structured(ScheduleConfig), 1e-3, 10_000)
+    schedule = optim.schedule_values(OmegaConf.structured(ScheduleConfig), 1e-3, 10_000)
     opt_cfg = OmegaConf.structured(OptimizerConfig(lr=1e-3))
-    steps_fns = build_steps(ModelFns(spec), optim.make_optimizer(opt_cfg, schedule), schedule, mesh,
+    steps_fns = build_steps(ModelFns(spec), optim.make_optimizer(opt_cfg), "cosine", schedule, mesh,
                             OmegaConf.to_container(mesh_cfg.rules), shape.batch_size, grad_accum)
     rng = np.random.default_rng(0)
     batch = jax.device_put(rng.integers(0, shape.vocab, (shape.batch_size, shape.seq_len + 1), dtype=np.int32),

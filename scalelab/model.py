@@ -65,8 +65,10 @@ class ModelSpec:
 
 
 def _param(rngs: nnx.Rngs, shape, std: float, axes: tuple, dtype) -> nnx.Param:
-    value = std * jax.random.truncated_normal(rngs.params(), -3.0, 3.0, shape, jnp.float32)
-    return nnx.Param(value.astype(dtype), logical_axes=axes)
+    """A normal(0, std) matrix; `init_std` is kept as metadata so `step.ModelFns.init` can draw all
+    parameters from one random stream (one RNG op compiles much faster than one per parameter)."""
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), logical_axes=axes, init_std=std)
 
 
 class RMSNorm(nnx.Module):

@@ -1,6 +1,10 @@
 """AdamW with global-norm clipping, no weight decay on norms, and the learning-rate schedules.
 
-Schedules are functions of the step over the run's total steps:
+Schedules are functions of the step and a small vector of numbers (peak, warmup steps, total
+steps, decay start, final lr) that the train step receives as an input rather than as constants:
+runs that differ only in length (the points of a sweep) then share one compiled step, and JAX's
+persistent compilation cache serves the whole sweep.
+
 * cosine:   linear warmup to the peak, cosine decay to final_lr_ratio * peak at the last step;
 * wsd:      warmup, a stable plateau at the peak, and a linear decay to final_lr_ratio * peak over
             the last `schedule.decay` fraction of steps (warmup-stable-decay);
@@ -9,49 +13,55 @@ Schedules are functions of the step over the run's total steps:
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
 def warmup_steps(schedule_cfg, total_steps: int) -> int:
     w = schedule_cfg.warmup
-    return int(round(w * total_steps)) if w < 1 else int(w)
+    return min(int(round(w * total_steps)) if w < 1 else int(w), total_steps)
 
 
-def make_schedule(schedule_cfg, peak_lr: float, total_steps: int) -> optax.Schedule:
-    warm = min(warmup_steps(schedule_cfg, total_steps), total_steps)
+def schedule_values(schedule_cfg, peak_lr: float, total_steps: int) -> np.ndarray:
+    """(peak, warmup, total, decay_start, final) of one run, as float32."""
+    warm = warmup_steps(schedule_cfg, total_steps)
+    decay_start = total_steps - int(round(schedule_cfg.decay * total_steps)) if schedule_cfg.name == "wsd" \
+        else total_steps
     final = peak_lr * schedule_cfg.final_lr_ratio
-    name = schedule_cfg.name
+    return np.array([peak_lr, warm, total_steps, decay_start, final], np.float32)
+
+
+def learning_rate(name: str, step, values):
+    """The learning rate at `step` (0-based) for schedule `name` with `values` (see schedule_values)."""
+    peak, warm, total, decay_start, final = (values[i] for i in range(5))
+    s = jnp.asarray(step, jnp.float32)
+    ramp = peak * (s + 1) / jnp.maximum(warm, 1)
     if name == "cosine":
-        rest = optax.cosine_decay_schedule(peak_lr, max(1, total_steps - warm), alpha=schedule_cfg.final_lr_ratio)
+        progress = jnp.clip((s - warm) / jnp.maximum(total - warm, 1), 0, 1)
+        after = final + (peak - final) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
     elif name == "wsd":
-        decay_steps = int(round(schedule_cfg.decay * total_steps))
-        stable = max(0, total_steps - warm - decay_steps)
-        rest = optax.join_schedules(
-            [optax.constant_schedule(peak_lr), optax.linear_schedule(peak_lr, final, max(1, decay_steps))],
-            [stable],
-        )
+        progress = jnp.clip((s - decay_start) / jnp.maximum(total - decay_start, 1), 0, 1)
+        after = peak + (final - peak) * progress
     else:
-        rest = optax.constant_schedule(peak_lr)
-    if warm == 0:
-        return rest
-    # warmup ends at the peak on step `warm - 1`'s successor, so step 0 already trains (lr = peak/warm)
-    warmup = optax.linear_schedule(peak_lr / warm, peak_lr, warm)
-    return optax.join_schedules([warmup, rest], [warm])
+        after = peak
+    return jnp.where(s < warm, ramp, after)
 
 
 def decay_mask(params):
     """True for matrices (weight decay), False for vectors such as norm scales and biases."""
+    import jax
+
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def make_optimizer(opt_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(opt_cfg) -> optax.GradientTransformation:
+    """Clipping and AdamW at unit learning rate: the step scales the update by the schedule's lr."""
     parts = []
     if opt_cfg.clip > 0:
         parts.append(optax.clip_by_global_norm(opt_cfg.clip))
     parts.append(
-        optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+        optax.adamw(1.0, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
                     weight_decay=opt_cfg.weight_decay, mask=decay_mask)
     )
     return optax.chain(*parts)

@@ -7,6 +7,7 @@ dict of arrays (string keys), so that optax, Orbax and the sharding rules all se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -17,6 +18,7 @@ import optax
 from flax import nnx
 
 from scalelab import mesh as meshlib
+from scalelab import optim
 from scalelab.config import ConfigError
 from scalelab.model import ModelSpec, Transformer
 
@@ -44,11 +46,28 @@ class ModelFns:
         axes = jax.tree.map(lambda v: tuple(v.get_metadata()["logical_axes"]), self._abstract_state, is_leaf=is_var)
         self.logical_axes = _str_keys(nnx.to_pure_dict(axes))
         self.shapes = _str_keys(nnx.to_pure_dict(jax.tree.map(lambda v: tuple(v.get_value().shape), self._abstract_state, is_leaf=is_var)))
+        self.dtypes = _str_keys(nnx.to_pure_dict(jax.tree.map(lambda v: v.get_value().dtype, self._abstract_state, is_leaf=is_var)))
+        # None for norm scales (initialised to one)
+        self.init_stds = _str_keys(nnx.to_pure_dict(jax.tree.map(lambda v: v.get_metadata().get("init_std"),
+                                                                 self._abstract_state, is_leaf=is_var)))
 
     def init(self, seed) -> dict:
+        """Initial parameters: normal(0, init_std) matrices drawn from one stream, norm scales at 1."""
         key = seed if jax.dtypes.issubdtype(jnp.asarray(seed).dtype, jax.dtypes.prng_key) else jax.random.key(seed)
-        model = Transformer(self.spec, nnx.Rngs(params=key))
-        return _str_keys(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        paths_shapes = jax.tree_util.tree_leaves_with_path(self.shapes, is_leaf=lambda x: isinstance(x, tuple))
+        stds = jax.tree.leaves(self.init_stds, is_leaf=lambda x: x is None)
+        dtypes = jax.tree.leaves(self.dtypes)
+        sizes = [math.prod(shape) for _, shape in paths_shapes]
+        noise = jax.random.normal(key, (sum(s for s, std in zip(sizes, stds) if std is not None),), jnp.float32)
+        values, offset = [], 0
+        for (_, shape), size, std, dtype in zip(paths_shapes, sizes, stds, dtypes):
+            if std is None:
+                values.append(jnp.ones(shape, dtype))
+            else:
+                values.append((std * noise[offset:offset + size].reshape(shape)).astype(dtype))
+                offset += size
+        treedef = jax.tree.structure(self.shapes, is_leaf=lambda x: isinstance(x, tuple))
+        return jax.tree.unflatten(treedef, values)
 
     def module(self, params: dict) -> Transformer:
         state = jax.tree.map(lambda x: x, self._abstract_state)
@@ -142,18 +161,22 @@ class Steps:
 
     fns: ModelFns
     optimizer: optax.GradientTransformation
-    schedule: optax.Schedule
     mesh: Any
     state_shardings: Any
     batch_sharding: Any
     init_state: Any  # (seed) -> state, jitted with out_shardings
     train_step: Any  # (state, batch) -> (state, metrics), state donated
+    compiled_step: Any  # the jitted (state, batch, schedule_values) function behind train_step
     eval_step: Any  # (params, batch) -> loss
 
 
-def build_steps(fns: ModelFns, optimizer, schedule, mesh, rules, batch_size: int, grad_accum: int,
-                impl: str = "jit") -> Steps:
-    """The jitted steps. impl=jit lets GSPMD place the collectives; impl=shard_map writes them out."""
+def build_steps(fns: ModelFns, optimizer, schedule_name: str, schedule_values, mesh, rules, batch_size: int,
+                grad_accum: int, impl: str = "jit") -> Steps:
+    """The jitted steps. impl=jit lets GSPMD place the collectives; impl=shard_map writes them out.
+
+    The learning-rate schedule's numbers (`optim.schedule_values`) are an input of the compiled
+    step, not constants in it, so runs of one shape and different lengths share one compilation.
+    """
     param_sh = meshlib.param_shardings(fns.logical_axes, fns.shapes, rules, mesh)
     batch_sh = meshlib.batch_sharding(rules, mesh, batch_size)
     if grad_accum > 1:
@@ -187,22 +210,27 @@ def build_steps(fns: ModelFns, optimizer, schedule, mesh, rules, batch_size: int
     else:
         grads_fn = partial(loss_and_grads, fns, grad_accum=grad_accum)
 
-    def train_step(state, batch):
+    def train_step(state, batch, schedule_values):
         params = state["params"]
         loss, grads = grads_fn(params, batch)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        lr = optim.learning_rate(schedule_name, state["step"], schedule_values)
+        updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
-        metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
+        metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
         return new_state, metrics
 
     def eval_step(params, batch):
         return next_token_loss(fns, params, batch)
 
+    compiled_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh, replicated),
+                            out_shardings=(state_sh, replicated), donate_argnums=0)
+    values = jax.device_put(jnp.asarray(schedule_values, jnp.float32), replicated)
     return Steps(
-        fns=fns, optimizer=optimizer, schedule=schedule, mesh=mesh, state_shardings=state_sh,
+        fns=fns, optimizer=optimizer, mesh=mesh, state_shardings=state_sh,
         batch_sharding=batch_sh,
         init_state=jax.jit(init_state, out_shardings=state_sh),
-        train_step=jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                           donate_argnums=0),
+        train_step=lambda state, batch: compiled_step(state, batch, values),
+        compiled_step=compiled_step,
         eval_step=jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=replicated),
     )

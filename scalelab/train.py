@@ -79,11 +79,10 @@ class Trainer:
         self.counts = ledger.Ledger.of(self.shape)
         self.mesh = meshlib.make_mesh(cfg.mesh)
         self.rules = OmegaConf.to_container(cfg.mesh.rules)
-        self.schedule = optim.make_schedule(cfg.schedule, cfg.optimizer.lr, self.plan.steps)
-        optimizer = optim.make_optimizer(cfg.optimizer, self.schedule)
+        schedule = optim.schedule_values(cfg.schedule, cfg.optimizer.lr, self.plan.steps)
         self.fns = ModelFns(ModelSpec.from_config(cfg, vocab))
-        self.steps = build_steps(self.fns, optimizer, self.schedule, self.mesh, self.rules, t.batch_size,
-                                 t.grad_accum, impl=cfg.mesh.impl)
+        self.steps = build_steps(self.fns, optim.make_optimizer(cfg.optimizer), cfg.schedule.name, schedule,
+                                 self.mesh, self.rules, t.batch_size, t.grad_accum, impl=cfg.mesh.impl)
         self.is_main = jax.process_index() == 0
         self.tokens = self.plan.steps * self.plan.tokens_per_step
         self.config = OmegaConf.to_container(cfg, resolve=True)
@@ -216,7 +215,7 @@ class Trainer:
 
     def fork_step(self) -> int:
         """The step at which this WSD run's decay begins: where it forks from the stable run."""
-        return self.plan.steps - int(round(self.cfg.schedule.decay * self.plan.steps))
+        return int(optim.schedule_values(self.cfg.schedule, 1.0, self.plan.steps)[3])
 
     def _fork(self, abstract):
         step = self.fork_step()

@@ -30,9 +30,9 @@ def batches():
 
 def train_losses(data, fsdp, tensor, impl="jit", grad_accum=1, devices=None, batch=BATCH):
     mesh = meshlib.make_mesh(mesh_cfg(data, fsdp, tensor), devices)
-    schedule = optim.make_schedule(OmegaConf.structured(ScheduleConfig), 1e-2, STEPS)
-    opt = optim.make_optimizer(OmegaConf.structured(OptimizerConfig(lr=1e-2)), schedule)
-    steps = build_steps(ModelFns(SPEC), opt, schedule, mesh, RULES, batch, grad_accum, impl=impl)
+    schedule = optim.schedule_values(OmegaConf.structured(ScheduleConfig), 1e-2, STEPS)
+    opt = optim.make_optimizer(OmegaConf.structured(OptimizerConfig(lr=1e-2)))
+    steps = build_steps(ModelFns(SPEC), opt, "cosine", schedule, mesh, RULES, batch, grad_accum, impl=impl)
     state = steps.init_state(0)
     losses = []
     for b in batches():

@@ -51,5 +51,5 @@ def test_cli_dry_run_prints_the_plan(capsys, tmp_path):
     assert cli.main(["wsd", "--model", "p50k", "--tokens", "2e5", "--sweep-dir", str(tmp_path / "w"), "--dry-run",
                      "data.seq_len=64", "train.batch_size=8"]) == 0
     out = capsys.readouterr().out
-    assert "branch 4x: D=800,256 tokens" in out and "fork_from=" in out and "role=wsd-stable" in out
+    assert "branch 4x: D=799,744 tokens" in out and "fork_from=" in out and "role=wsd-stable" in out
     assert not (tmp_path / "w").exists()
