@@ -121,13 +121,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def set_host_device_count() -> None:
-    """On a CPU-only host, expose one XLA device per core unless XLA_FLAGS already says otherwise.
+    """On a CPU-only host, expose SCALELAB_HOST_DEVICES XLA devices (opt-in; default one).
 
     Splitting the batch over one device per core overlaps the serial elementwise work of a step
-    (measured +15-20% on 2 cores). Must run before jax is imported; a no-op when flags are set.
+    (measured +15-20% on a 2-core Zen5), but on a 2-core AVX2 host XLA's CPU all-reduce deadlocked
+    (a rendezvous that only one of two devices reached) when as many devices as cores ran a p150k
+    step, so it is not the default. Must run before jax is imported; XLA_FLAGS wins when it sets a count.
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags or os.environ.get("JAX_PLATFORMS", "cpu") not in ("", "cpu"):
+    wanted = os.environ.get("SCALELAB_HOST_DEVICES")
+    if not wanted or "xla_force_host_platform_device_count" in flags:
         return
-    n = os.cpu_count() or 1
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(wanted)}".strip()
