@@ -28,11 +28,11 @@ def batches():
             for _ in range(STEPS)]
 
 
-def train_losses(data, fsdp, tensor, impl="jit", grad_accum=1, devices=None, batch=BATCH):
+def train_losses(data, fsdp, tensor, impl="jit", grad_accum=1, devices=None, batch=BATCH, spec=SPEC):
     mesh = meshlib.make_mesh(mesh_cfg(data, fsdp, tensor), devices)
     schedule = optim.schedule_values(OmegaConf.structured(ScheduleConfig), 1e-2, STEPS)
     opt = optim.make_optimizer(OmegaConf.structured(OptimizerConfig(lr=1e-2)))
-    steps = build_steps(ModelFns(SPEC), opt, "cosine", schedule, mesh, RULES, batch, grad_accum, impl=impl)
+    steps = build_steps(ModelFns(spec), opt, "cosine", schedule, mesh, RULES, batch, grad_accum, impl=impl)
     state = steps.init_state(0)
     losses = []
     for b in batches():
@@ -68,6 +68,13 @@ def test_grad_accum_matches_the_whole_batch(reference):
     accumulated, _ = train_losses(2, 1, 1, grad_accum=4, devices=jax.devices()[:2])
     np.testing.assert_allclose(accumulated, losses, rtol=1e-4)
     np.testing.assert_allclose(accumulated, reference, rtol=1e-4)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_policies_give_the_same_losses(reference, remat):
+    spec = ModelSpec(**{**SPEC.__dict__, "remat": remat})
+    losses, _ = train_losses(1, 1, 1, devices=jax.devices()[:1], spec=spec)
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cfg, key, words", [

@@ -297,3 +297,42 @@ def _no_stray_outputs(tmp_path):
     for name in ("outputs", "multirun"):
         assert not (tmp_path / name).exists()
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+def test_failed_and_killed_jobs_are_reported_and_relaunch_redoes_only_them(tmp_path, corpus, capsys):
+    """One job raises, the sweep is SIGKILLed mid-job; relaunching resumes the killed job from its
+    checkpoint, reruns the failed one, and then skips what completed."""
+    import signal
+
+    sweep_dir = tmp_path / "faults"
+    args = ["-m", "hydra/sweeper=isoflop", "hydra.sweeper.budgets=[1.5e10]", "hydra.sweeper.models=[p50k]",
+            "hydra.sweeper.tokens_per_param=[0.05,100]", *SMALL, "checkpoint.every=20",
+            f"init_from=null,{tmp_path / 'no-such-checkpoint'}", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen([TRAIN, *args], cwd=tmp_path, env=run_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    good = None
+    while time.time() < deadline and proc.poll() is None:
+        found = [d for d in sweep_dir.glob("*init_from=null*") if (d / "checkpoints" / "20").is_dir()]
+        if found:
+            good = found[0]
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert good is not None, "the good job never reached its first checkpoint"
+    assert json.loads((good / "summary.json").read_text())["status"] == "running"
+
+    r = scalelab_train(*args, cwd=tmp_path)
+    assert r.returncode != 0  # a job failed: the sweep says so
+    runs = summaries(sweep_dir)
+    bad = next(s for name, s in runs.items() if "no-such-checkpoint" in name)
+    assert bad["status"] == "failed" and "no checkpoint found" in bad["error"]["message"]
+    assert "Traceback" in bad["error"]["traceback"]
+    resumed = runs[good.name]
+    assert resumed["status"] == "completed" and resumed["resumed_from"] and resumed["resumed_from"][0] >= 20
+    table = status_of(sweep_dir, capsys=capsys)
+    assert "failed" in table and "completed" in table
+
+    r2 = scalelab_train(*args, cwd=tmp_path)
+    assert r2.returncode != 0 and "skipping 1 job(s)" in r2.stdout  # only the failed job runs again
