@@ -45,9 +45,9 @@ def train_command(run_dir: Path, overrides: list[str]) -> list[str]:
 
 
 def main(args) -> int:
-    from scalelab.train import CONFIG_DIR
-
     from hydra import compose, initialize_config_dir
+
+    from scalelab.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={args.model}", *args.overrides])

@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-
 from conftest import REPO, TINY, compose_config
+
 from scalelab.checkpoint import CheckpointError
 from scalelab.rundir import RunDirError, RunLock
 from scalelab.runlog import read_metrics, read_summary

@@ -3,10 +3,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from conftest import REPO, compose_config
 from scalelab.config import ConfigError, validate
 from scalelab.train import Trainer
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY
+
 from scalelab.runlog import read_metrics, read_summary
 
 OVERRIDES = TINY + ["data.tokens=4096", "checkpoint.every=8"]

@@ -2,8 +2,8 @@ import json
 import math
 
 import pytest
-
 from conftest import TINY, compose_config
+
 from scalelab import ledger
 from scalelab.runlog import read_metrics, read_summary
 from scalelab.train import run

@@ -1,8 +1,8 @@
 """WSD cooldown branches: one stable run, branches that equal standalone WSD runs."""
 
 import pytest
-
 from conftest import TINY, compose_config
+
 from scalelab import cli, wsd
 from scalelab.analysis import collect
 from scalelab.runlog import read_metrics, read_summary

@@ -13,10 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .conventions import base_conventions
 from .errors import AnalysisError
-from .frontier import fit_frontier
-from .laws import fit_power_law
+from .frontier import allocation_fit
 from .result import FitResult
 
 DEFAULT_GRID = 60
@@ -94,13 +92,7 @@ def fit_approach1(table: pd.DataFrame, curves=None, n_grid: int = DEFAULT_GRID,
         raise AnalysisError(
             f"approach 1 needs the envelope to pass through at least 2 model sizes away from the smallest "
             f"and largest sizes reaching each C; it passes through {winners}. Train more sizes or longer curves")
-    n_law = fit_power_law(inner["flops"], inner["N_opt"], "approach 1 N_opt(C)")
-    d_law = fit_power_law(inner["flops"], inner["D_opt"], "approach 1 D_opt(C)")
-    result = FitResult(approach="1", converged=True, n_runs=len(table),
-                       a=n_law.exponent, b=d_law.exponent, G=n_law.coefficient, H=d_law.coefficient,
-                       conventions=base_conventions())
-    result.params = {"G": n_law.coefficient, "a": n_law.exponent, "H": d_law.coefficient, "b": d_law.exponent}
-    result.frontier, note = fit_frontier(inner["flops"], inner["loss"], "approach 1")
+    result, note = allocation_fit("1", inner["flops"], inner["N_opt"], inner["D_opt"], inner["loss"], len(table))
     result.conventions["curves"] = (f"curve loss column '{loss_column}', running mean over {smooth} logged "
                                     "points; D_opt = C / (the winning run's flops/tokens)")
     result.details = {"grid_points": int(len(points)), "used_points": int(len(inner)),

@@ -16,10 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .budgets import DEFAULT_TOLERANCE, assign_budgets
-from .conventions import base_conventions
 from .errors import AnalysisError, AnalysisWarning
-from .frontier import fit_frontier
-from .laws import fit_power_law
+from .frontier import allocation_fit
 from .result import FitResult
 
 MIN_SIZES = 3
@@ -104,13 +102,8 @@ def fit_approach2(table: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE,
             f"approach 2 needs at least 2 budgets with a bracketed minimum (each with at least {MIN_SIZES} "
             f"model sizes), got {len(minima)} usable of {len(minima) + len(dropped)} (budgets from {source}). "
             f"Dropped: {listed}")
-    n_law = fit_power_law(minima["budget"], minima["N_opt"], "approach 2 N_opt(C)")
-    d_law = fit_power_law(minima["budget"], minima["D_opt"], "approach 2 D_opt(C)")
-    result = FitResult(approach="2", converged=True, n_runs=len(table),
-                       a=n_law.exponent, b=d_law.exponent, G=n_law.coefficient, H=d_law.coefficient,
-                       conventions=base_conventions())
-    result.params = {"G": n_law.coefficient, "a": n_law.exponent, "H": d_law.coefficient, "b": d_law.exponent}
-    result.frontier, note = fit_frontier(minima["budget"], minima["loss_opt"], "approach 2")
+    result, note = allocation_fit("2", minima["budget"], minima["N_opt"], minima["D_opt"], minima["loss_opt"],
+                                  len(table))
     result.details = {
         "budgets_from": source, "window": window, "budget_tolerance": tolerance,
         "minima": minima.to_dict(orient="records"),

@@ -33,3 +33,19 @@ def fit_frontier(flops, loss, what: str) -> tuple[dict | None, str]:
         note = f"the frontier needs at least 2 budgets, got {distinct}"
     warnings.warn(f"{what}: no loss frontier: {note}", AnalysisWarning, stacklevel=3)
     return None, note
+
+
+def allocation_fit(approach: str, flops, n_opt, d_opt, loss_opt, n_runs: int):
+    """A FitResult from compute-optimal points: power laws N_opt = G*C^a, D_opt = H*C^b, and the
+    loss frontier through them (shared by approaches 1 and 2). Returns (result, frontier note)."""
+    from .conventions import base_conventions
+    from .result import FitResult
+
+    n_law = fit_power_law(flops, n_opt, f"approach {approach} N_opt(C)")
+    d_law = fit_power_law(flops, d_opt, f"approach {approach} D_opt(C)")
+    result = FitResult(approach=approach, converged=True, n_runs=n_runs,
+                       a=n_law.exponent, b=d_law.exponent, G=n_law.coefficient, H=d_law.coefficient,
+                       conventions=base_conventions())
+    result.params = {"G": n_law.coefficient, "a": n_law.exponent, "H": d_law.coefficient, "b": d_law.exponent}
+    result.frontier, note = fit_frontier(flops, loss_opt, f"approach {approach}")
+    return result, note
