@@ -179,7 +179,12 @@ def test_a_nan_ends_the_run_diverged_with_a_checkpoint_kept(tmp_path):
     assert summary["status"] == "diverged" and summary["diverged_at_step"] >= 2
     assert summary["last_checkpoint"] is not None and summary["last_checkpoint"] < summary["diverged_at_step"]
     assert (tmp_path / "checkpoints" / str(summary["last_checkpoint"])).is_dir()
-    assert EXIT_DIVERGED not in (0, 1, 2, EXIT_PREEMPTED)
+
+
+def test_the_cli_exits_with_the_diverged_code(tmp_path):
+    code, err = finish(start(tmp_path / "run", "optimizer.lr=1e12", "optimizer.clip=0", "data.tokens=2048"))
+    assert code == EXIT_DIVERGED, err[-2000:]
+    assert "diverged" in err and read_summary(tmp_path / "run")["status"] == "diverged"
 
 
 def test_a_directory_in_use_by_a_live_run_is_refused(tmp_path):
