@@ -38,7 +38,7 @@ class ModelConfig:
     init_std: float = 0.02
     vocab_multiple: int = 8  # pad the tokenizer's vocabulary up to a multiple of this
     param_dtype: str = "float32"
-    attention: str = "xla"  # xla | cudnn (flash attention on NVIDIA GPUs)
+    attention: str = "auto"  # auto | xla | cudnn | blockwise | splash: see scalelab/attention.py
     lr: float = 3e-3  # the peak learning rate tuned for this size; optimizer.lr defaults to it
 
 
@@ -61,7 +61,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate at the end only
     eval_tokens: int = 65536
     precision: str = "fp32"  # fp32 | bf16 (bf16 compute, fp32 parameters and optimizer state)
-    grad_accum: int = 1  # microbatches per step, accumulated inside the jitted step
+    grad_accum: int = 0  # microbatches per step, accumulated inside the jitted step; 0: auto (step.auto_grad_accum)
     remat: str = "none"  # none | full | dots
     progress: bool = True
 
@@ -154,7 +154,7 @@ CHOICES = {
     "schedule.name": ("cosine", "wsd", "constant"),
     "mesh.impl": ("jit", "shard_map"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "model.attention": ("xla", "cudnn"),
+    "model.attention": ("auto", "xla", "cudnn", "blockwise", "splash"),
 }
 
 
@@ -173,14 +173,14 @@ def validate(cfg: DictConfig) -> None:
         "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.d_ff",
         "model.vocab_multiple", "model.rope_theta", "model.init_std",
         "data.tokens", "data.seq_len", "data.prefetch",
-        "train.batch_size", "train.log_every", "train.eval_tokens", "train.grad_accum",
+        "train.batch_size", "train.log_every", "train.eval_tokens",
         "optimizer.lr", "checkpoint.keep",
     ]
     for key in positive:
         value = _get(cfg, key)
         if value is None or value <= 0:
             raise ConfigError(key, f"must be positive; got {value!r}")
-    for key in ["model.head_dim", "train.eval_every", "checkpoint.every", "optimizer.weight_decay",
+    for key in ["model.head_dim", "train.eval_every", "train.grad_accum", "checkpoint.every", "optimizer.weight_decay",
                 "optimizer.clip", "schedule.warmup", "schedule.final_lr_ratio"]:
         if _get(cfg, key) < 0:
             raise ConfigError(key, f"must be zero or positive; got {_get(cfg, key)!r}")
@@ -210,7 +210,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("schedule.final_lr_ratio", f"must be at most 1; got {cfg.schedule.final_lr_ratio}")
 
     t = cfg.train
-    if t.batch_size % t.grad_accum:
+    if t.grad_accum and t.batch_size % t.grad_accum:
         raise ConfigError("train.grad_accum", f"must divide train.batch_size={t.batch_size}; got {t.grad_accum}")
     tokens_per_step = t.batch_size * cfg.data.seq_len
     if cfg.data.tokens < tokens_per_step:

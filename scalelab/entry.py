@@ -1,21 +1,21 @@
-"""Console entry points. They set host-device flags before JAX is imported, then hand over."""
+"""Console entry points. They set XLA flags (`xla_env`) before JAX starts, then hand over."""
 
 from __future__ import annotations
 
 
 def train() -> None:
-    from scalelab.mesh import set_host_device_count
+    from scalelab import xla_env
 
-    set_host_device_count()
+    xla_env.prepare()
     from scalelab.train import main
 
     main()
 
 
 def cli() -> None:
-    from scalelab.mesh import set_host_device_count
+    from scalelab import xla_env
 
-    set_host_device_count()
+    xla_env.prepare()
     from scalelab.cli import main
 
     raise SystemExit(main())

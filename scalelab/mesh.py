@@ -10,7 +10,6 @@ config change.
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import numpy as np
@@ -116,20 +115,11 @@ def batch_sharding(rules, mesh: Mesh, batch_size: int, key: str = "train.batch_s
     return NamedSharding(mesh, spec)
 
 
+def batch_shards(rules, mesh: Mesh, batch_size: int) -> int:
+    """Into how many pieces the batch is split over the mesh."""
+    sharding = batch_sharding(rules, mesh, batch_size)
+    return batch_size // sharding.shard_shape((batch_size, 1))[0]
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
-
-
-def set_host_device_count() -> None:
-    """On a CPU-only host, expose SCALELAB_HOST_DEVICES XLA devices (opt-in; default one).
-
-    Splitting the batch over one device per core overlaps the serial elementwise work of a step
-    (measured +15-20% on a 2-core Zen5), but on a 2-core AVX2 host XLA's CPU all-reduce deadlocked
-    (a rendezvous that only one of two devices reached) when as many devices as cores ran a p150k
-    step, so it is not the default. Must run before jax is imported; XLA_FLAGS wins when it sets a count.
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    wanted = os.environ.get("SCALELAB_HOST_DEVICES")
-    if not wanted or "xla_force_host_platform_device_count" in flags:
-        return
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(wanted)}".strip()

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scalelab import ledger
+from scalelab import attention, ledger
+from scalelab.config import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -39,7 +40,7 @@ class ModelSpec:
     init_std: float = 0.02
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
-    attention: str = "xla"
+    attention: str = "xla"  # an implementation name of scalelab.attention ("auto" resolved by from_config)
     remat: str = "none"
 
     @classmethod
@@ -59,9 +60,23 @@ class ModelSpec:
             init_std=m.init_std,
             param_dtype=m.param_dtype,
             compute_dtype=cfg.train.precision,
-            attention=m.attention,
+            attention=resolve_attention(m.attention, cfg.train.precision, cfg.data.seq_len,
+                                        m.head_dim or m.d_model // m.n_heads),
             remat=cfg.train.remat,
         )
+
+
+def resolve_attention(name: str, precision: str, seq_len: int, head_dim: int) -> str:
+    """`model.attention` made concrete for this platform; a kernel the platform lacks is a ConfigError."""
+    chosen = attention.resolve(name, precision, seq_len, head_dim)
+    platform = jax.default_backend()
+    needs = {"cudnn": "gpu", "splash": "tpu"}.get(chosen)
+    if needs and platform != needs:
+        raise ConfigError("model.attention", f"{chosen} runs on {needs.upper()} only; this run is on {platform} "
+                                             "(use auto, blockwise or xla)")
+    if chosen == "cudnn" and precision != "bf16":
+        raise ConfigError("model.attention", "cudnn flash attention needs train.precision=bf16")
+    return chosen
 
 
 def _param(rngs: nnx.Rngs, shape, std: float, axes: tuple, dtype) -> nnx.Param:
@@ -114,9 +129,7 @@ class Attention(nnx.Module):
         q_BxTxNxH = apply_rotary(q_BxTxNxH, sin, cos)
         k_BxTxKxH = apply_rotary(k_BxTxKxH, sin, cos)
         if cache is None:
-            out_BxTxNxH = jax.nn.dot_product_attention(
-                q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=self.spec.attention
-            )
+            out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.spec.attention)
             new_cache = None
         else:
             out_BxTxNxH, new_cache = cache.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)

@@ -22,7 +22,7 @@ LOCK = ".lock"
 # not the mathematics of training
 RESUMABLE_CHANGES = (
     "mesh", "distributed", "checkpoint", "train.progress", "train.remat", "train.grad_accum",
-    "train.log_every", "data.prefetch",
+    "train.log_every", "data.prefetch", "model.attention",
 )
 
 

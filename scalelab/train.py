@@ -37,7 +37,7 @@ from scalelab.preemption import EXIT_PREEMPTED, PreemptionGuard
 from scalelab.progress import Progress
 from scalelab.rundir import RunDirError, RunLock, previous_state, truncate_metrics
 from scalelab.runlog import RunLog, read_summary, versions
-from scalelab.step import ModelFns, build_steps
+from scalelab.step import ModelFns, auto_grad_accum, build_steps
 
 log = logging.getLogger("scalelab")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU/GPU found" noise
@@ -81,8 +81,11 @@ class Trainer:
         self.rules = OmegaConf.to_container(cfg.mesh.rules)
         schedule = optim.schedule_values(cfg.schedule, cfg.optimizer.lr, self.plan.steps)
         self.fns = ModelFns(ModelSpec.from_config(cfg, vocab))
+        self.grad_accum = t.grad_accum or auto_grad_accum(
+            t.batch_size, cfg.data.seq_len, meshlib.batch_shards(self.rules, self.mesh, t.batch_size),
+            jax.default_backend())
         self.steps = build_steps(self.fns, optim.make_optimizer(cfg.optimizer), cfg.schedule.name, schedule,
-                                 self.mesh, self.rules, t.batch_size, t.grad_accum, impl=cfg.mesh.impl)
+                                 self.mesh, self.rules, t.batch_size, self.grad_accum, impl=cfg.mesh.impl)
         self.is_main = jax.process_index() == 0
         self.tokens = self.plan.steps * self.plan.tokens_per_step
         self.config = OmegaConf.to_container(cfg, resolve=True)
@@ -111,6 +114,8 @@ class Trainer:
                      "bytes_per_token": self.store.bytes_per_token("val"),
                      "sha256": self.store.manifest.get("sha256")},
             "mesh": dict(self.mesh.shape),
+            "grad_accum": self.grad_accum,  # train.grad_accum=0 resolved
+            "attention": self.fns.spec.attention,  # model.attention=auto resolved
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "init_from": cfg.init_from,
@@ -152,6 +157,7 @@ class Trainer:
             summary["resumed_from"] = (read_summary(self.run_dir) or {}).get("resumed_from", [])
         if self.is_main:
             log.info("%s", placement.table(self.fns, self.steps, self.mesh))
+            log.info("attention %s, %d microbatch(es) per step", self.fns.spec.attention, self.grad_accum)
         ckpt = Checkpointer(self.run_dir, keep=self.cfg.checkpoint.keep, async_save=self.cfg.checkpoint.async_save)
         runlog = None
         started = time.time()

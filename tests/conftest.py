@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("SCALELAB_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache"))
 
+from scalelab import xla_env  # noqa: E402
+
+xla_env.set_cpu_defaults()  # the same XLA flags as the console entry points
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

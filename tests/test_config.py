@@ -36,6 +36,10 @@ def test_unknown_keys_and_wrong_types_fail_while_composing(override, key):
     ("train.precision=fp8", "train.precision"),
     ("mesh.data=3", "mesh"),  # 3 does not match 8 devices
     ("mesh.tensor=8", "mesh.tensor"),  # p50k's 3 heads cannot split 8 ways
+    ("model.attention=flash", "model.attention"),
+    ("model.attention=cudnn", "model.attention"),  # a GPU kernel on CPU
+    ("model.attention=splash", "model.attention"),  # a TPU kernel on CPU
+    ("train.grad_accum=-1", "train.grad_accum"),
 ])
 def test_bad_values_fail_before_compilation_naming_the_key(override, key, tmp_path):
     cfg = compose_config([override])
