@@ -80,9 +80,9 @@ class RunLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.run_dir / METRICS, "a")
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import FileWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), flush_secs=30)
+            self._tb = FileWriter(str(self.run_dir / "tensorboard"), flush_secs=30)
 
     def log(self, row: dict) -> None:
         if not self.enabled:
@@ -91,9 +91,13 @@ class RunLog:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
         if self._tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, global_step=row["step"])
+            # one event per row with every scalar in it: ~0.2 ms, where one add_scalar per value cost
+            # ~1.3 ms a row (over 1% of a 100 ms step when logging every step)
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            values = [Summary.Value(tag=key, simple_value=float(value)) for key, value in row.items()
+                      if key != "step" and isinstance(value, (int, float))]
+            self._tb.add_summary(Summary(value=values), global_step=row["step"])
 
     def summary(self, fields: dict) -> None:
         if self.enabled:

@@ -1,5 +1,6 @@
 import json
 import math
+import struct
 
 import pytest
 from conftest import TINY, compose_config
@@ -25,6 +26,22 @@ def test_short_run_completes_and_its_loss_falls(tiny_run):
     assert summary["final_eval_loss"] == evals[-1] < math.log(257)
 
 
+def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] read back from the run's TensorBoard event files (TFRecord framing)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list] = {}
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
 def test_run_files_follow_the_contract(tiny_run):
     run_dir, summary = tiny_run
     rows = read_metrics(run_dir)
@@ -32,7 +49,7 @@ def test_run_files_follow_the_contract(tiny_run):
     on_disk = read_summary(run_dir)
     assert SUMMARY_KEYS <= set(on_disk)
     assert (run_dir / "checkpoints" / "12").is_dir()
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert tensorboard_scalars(run_dir)["train_loss"] == [(r["step"], pytest.approx(r["train_loss"])) for r in rows]
     # the ledger is the one source of N, C and FLOPs per token
     shape = ledger.Shape(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, d_ff=64, vocab=264, seq_len=32)
     assert on_disk["params"] == ledger.non_embedding_params(shape)
