@@ -69,6 +69,8 @@ def bench_shape(shape: BenchShape, precision: str = "fp32", grad_accum: int = 0,
     mesh_cfg = OmegaConf.structured(MeshConfig)
     mesh = meshlib.make_mesh(mesh_cfg)
     rules = OmegaConf.to_container(mesh_cfg.rules)
+    if grad_accum and shape.batch_size % grad_accum:
+        raise SystemExit(f"--grad-accum {grad_accum} does not divide {shape.name}'s batch of {shape.batch_size}")
     grad_accum = grad_accum or auto_grad_accum(shape.batch_size, shape.seq_len,
                                                meshlib.batch_shards(rules, mesh, shape.batch_size), jax.default_backend())
     schedule = optim.schedule_values(OmegaConf.structured(ScheduleConfig), 1e-3, 10_000)
@@ -174,11 +176,11 @@ def bench_overhead(steps: int = 300, rounds: int = 2) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'shape':<14}{'N':>11}{'prec':>6}{'acc':>4}{'compile s':>10}{'step ms':>9}{'tok/s':>10}{'GFLOP/s':>9}{'MFU':>7}"
+    head = f"{'shape':<14}{'N':>11}{'prec':>6}{'attention':>11}{'acc':>4}{'compile s':>10}{'step ms':>9}{'tok/s':>10}{'GFLOP/s':>9}{'MFU':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['name']:<14}{r['params']:>11,}{r['precision']:>6}{r['grad_accum']:>4}{r['compile_seconds']:>10.1f}"
+            f"{r['name']:<14}{r['params']:>11,}{r['precision']:>6}{r['attention']:>11}{r['grad_accum']:>4}{r['compile_seconds']:>10.1f}"
             f"{r['step_seconds'] * 1e3:>9.1f}{r['tokens_per_second']:>10,.0f}"
             f"{r['model_flops_per_second'] / 1e9:>9.1f}{r['mfu']:>7.1%}"
         )

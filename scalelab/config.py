@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from scalelab.attention import IMPLEMENTATIONS
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message starts with the dotted key."""
@@ -154,7 +156,7 @@ CHOICES = {
     "schedule.name": ("cosine", "wsd", "constant"),
     "mesh.impl": ("jit", "shard_map"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "model.attention": ("auto", "xla", "cudnn", "blockwise", "splash"),
+    "model.attention": IMPLEMENTATIONS,
 }
 
 

@@ -76,6 +76,9 @@ def resolve_attention(name: str, precision: str, seq_len: int, head_dim: int) ->
                                              "(use auto, blockwise or xla)")
     if chosen == "cudnn" and precision != "bf16":
         raise ConfigError("model.attention", "cudnn flash attention needs train.precision=bf16")
+    if chosen == "splash" and seq_len % attention.SPLASH_BLOCK:
+        raise ConfigError("model.attention", f"splash attention needs data.seq_len to be a multiple of "
+                                             f"{attention.SPLASH_BLOCK}; got {seq_len}")
     return chosen
 
 

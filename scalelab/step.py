@@ -109,8 +109,8 @@ def loss_and_grads(fns: ModelFns, params: dict, batch_BxT1, grad_accum: int):
 
 # Tokens per microbatch and batch shard that keep a step's activations (attention scores above
 # all) within a CPU's caches: `scalelab bench` on a 2-core AVX2 EPYC (8 MB L3) measured 1024 tokens
-# (4 rows of 256) best at the reference shape (+15-25% over the whole batch of 16 x 256), p150k, p1m
-# and p1m at sequence 1024.
+# (4 rows of 256) +15-30% over the whole batch of 16 x 256 at the reference shape and p150k; 512 to
+# 2048 tokens ran equally fast at p150k and p500k, and one row of 256 was slower.
 CPU_MICROBATCH_TOKENS = 1024
 
 

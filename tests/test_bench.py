@@ -1,0 +1,25 @@
+"""`scalelab bench` runs end to end and its JSON holds what the table prints (not a timing test)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_bench_writes_its_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    proc = subprocess.run([sys.executable, "-c", "from scalelab.entry import cli; cli()", "bench", "--shapes", "p15k",
+                           "--steps", "2", "--no-extras", "--json", str(out)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "p15k" in proc.stdout and "MFU" in proc.stdout
+    result = json.loads(out.read_text())
+    (row,) = result["results"]
+    assert row["attention"] == "blockwise" and row["grad_accum"] == 4  # the CPU defaults: 4 x 256 tokens
+    assert 0 < row["mfu"] < 1 and row["tokens_per_second"] > 0 and row["peak_flops"] == result["peak_flops"]
+    assert row["model_flops_per_second"] == row["flops_per_token"] * row["tokens_per_second"]
