@@ -134,6 +134,9 @@ def load_model(run_or_checkpoint: str | Path) -> LoadedModel:
 
 def load_checkpoint(files: CheckpointFiles) -> LoadedModel:
     config = run_config(files)
+    # the attention kernels compute the same function: pick the one for the machine that loads the
+    # model (a run trained with cudnn on a GPU is evaluated on a CPU with blockwise attention)
+    config.model.attention = "auto"
     tokenizer = run_tokenizer(files, config)
     fns = ModelFns(ModelSpec.from_config(config, tokenizer.vocab_size))
     params = restore_params(files.step_dir, jax.eval_shape(fns.init, 0))
