@@ -53,7 +53,16 @@ LONG_SEQUENCE = BenchShape("p1m-seq1024", **{k: v for k, v in asdict(BenchShape.
                            seq_len=1024, batch_size=4)
 
 
+# the accelerator target of issue 8, a GPT-2-small-sized model: 85M non-embedding parameters (124M
+# if the embeddings were tied; untied here), SwiGLU, vocabulary 50,304, sequence 1024. On a GPU:
+# `scalelab bench --precision bf16 --shapes gpu-125m` (the default shapes there)
+GPU_125M = BenchShape("gpu-125m", d_model=768, n_layers=12, n_heads=12, d_ff=2048, vocab=50304, seq_len=1024,
+                      batch_size=16)
+
+
 def default_shapes() -> list[BenchShape]:
+    if jax.default_backend() != "cpu":
+        return [GPU_125M, REFERENCE]
     return [REFERENCE] + [BenchShape.from_ladder(n) for n in CPU_LADDER] + [LONG_SEQUENCE]
 
 
@@ -191,7 +200,8 @@ def main(args) -> int:
     shapes = default_shapes()
     if args.shapes:
         wanted = set(args.shapes.split(","))
-        shapes = [s for s in shapes if s.name in wanted] + [
+        shapes = [s for s in [REFERENCE, GPU_125M, LONG_SEQUENCE, *shapes] if s.name in wanted]
+        shapes = list({s.name: s for s in shapes}.values()) + [
             BenchShape.from_ladder(n) for n in wanted if n in ladder.WIDTH_DEPTH and n not in {s.name for s in shapes}
         ]
     peak, method = hardware.peak_flops(args.precision)
@@ -226,7 +236,7 @@ def main(args) -> int:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="training-step speed (tokens/s, MFU) against the measured peak")
-    p.add_argument("--shapes", help="comma-separated: reference, p150k, p500k, p1m, p3m, p1m-seq1024, or any ladder size")
+    p.add_argument("--shapes", help="comma-separated: reference, p150k, p500k, p1m, p3m, p1m-seq1024, gpu-125m, or any ladder size")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--grad-accum", type=int, default=0, help="microbatches per step; 0: auto, as in training")
     p.add_argument("--steps", type=int, default=20)
