@@ -1,6 +1,6 @@
 """Typed config schemas, registered in Hydra's ConfigStore.
 
-`configs/train.yaml` starts from the `train_schema` node below, so every key a YAML file or a
+`scalelab/configs/train.yaml` starts from the `train_schema` node below, so every key a YAML file or a
 command-line override sets is checked against these dataclasses (struct mode): an unknown key or a
 value of the wrong type fails while Hydra composes the config, before any JAX code runs.
 `validate` adds the checks a type cannot express (positive sizes, divisibility, known choices).
@@ -14,7 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from scalelab.attention import IMPLEMENTATIONS
+# `model.attention` choices; scalelab/model/attention.py implements them
+ATTENTION_KERNELS = ("auto", "xla", "cudnn", "blockwise", "splash")
 
 
 class ConfigError(ValueError):
@@ -142,9 +143,15 @@ class Config:
     budget: float | None = None  # nominal compute budget (FLOPs), set by the IsoFLOP sweeper
 
 
+def run_name(override_dirname: str) -> str:
+    """A run's directory name: its overrides (`model=p50k,data.tokens=1e6`), or `default`."""
+    return override_dirname.replace("/", "_") or "default"
+
+
 def register_configs() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=Config)
+    """The schema node `train.yaml` starts from, and the `run_name` resolver its run dirs use."""
+    ConfigStore.instance().store(name="train_schema", node=Config)
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 CHOICES = {
@@ -156,7 +163,7 @@ CHOICES = {
     "schedule.name": ("cosine", "wsd", "constant"),
     "mesh.impl": ("jit", "shard_map"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "model.attention": IMPLEMENTATIONS,
+    "model.attention": ATTENTION_KERNELS,
 }
 
 

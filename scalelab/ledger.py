@@ -28,7 +28,11 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Shape:
-    """The architecture numbers the ledger needs (a subset of ModelConfig, plus vocab and seq_len)."""
+    """One model architecture, as the model, the ledger, the bench and the sweeps all read it.
+
+    `vocab` is the padded vocabulary the model really computes and `head_dim` is resolved
+    (never 0): `from_config` derives both, once, from a `model` config and the tokenizer.
+    """
 
     d_model: int
     n_layers: int
@@ -37,15 +41,16 @@ class Shape:
     d_ff: int
     vocab: int
     seq_len: int
-    head_dim: int = 0
+    head_dim: int = 0  # 0: d_model // n_heads
     tied_embeddings: bool = False
 
-    @property
-    def hd(self) -> int:
-        return self.head_dim or self.d_model // self.n_heads
+    def __post_init__(self):
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
 
     @classmethod
     def from_config(cls, model_cfg, vocab: int, seq_len: int) -> Shape:
+        """The shape of a `model` config for a tokenizer of `vocab` ids (padded here)."""
         return cls(
             d_model=model_cfg.d_model,
             n_layers=model_cfg.n_layers,
@@ -66,7 +71,7 @@ def padded_vocab(vocab: int, multiple: int) -> int:
 
 def block_matmul_params(s: Shape) -> int:
     """Matrix parameters of one Transformer block: q, k, v, o projections and the SwiGLU MLP."""
-    attention = s.d_model * s.hd * (2 * s.n_heads + 2 * s.n_kv_heads)
+    attention = s.d_model * s.head_dim * (2 * s.n_heads + 2 * s.n_kv_heads)
     mlp = 3 * s.d_model * s.d_ff
     return attention + mlp
 
@@ -95,7 +100,7 @@ def total_params(s: Shape) -> int:
 
 def forward_flops_per_token(s: Shape) -> int:
     matmuls = 2 * (s.n_layers * block_matmul_params(s) + s.d_model * s.vocab)
-    attention = 4 * s.n_layers * s.seq_len * s.n_heads * s.hd
+    attention = 4 * s.n_layers * s.seq_len * s.n_heads * s.head_dim
     return matmuls + attention
 
 

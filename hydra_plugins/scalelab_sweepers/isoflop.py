@@ -5,7 +5,7 @@ For every compute budget C and model size it composes the job's config (so the s
 D that spend C (whole steps, ledger FLOPs within `tolerance` of C), keeps the pairs whose tokens
 per parameter lie in `tokens_per_param`, prints the plan and launches the jobs
 `model=<size> data.tokens=<D> budget=<C>` through the configured launcher. Other sweep overrides
-on the command line (`train.seed=0,1`) make a grid with the plan. See `scalelab/sweep.py`.
+on the command line (`train.seed=0,1`) make a grid with the plan. See `scalelab/sweep/plan.py`.
 
     scalelab-train -m hydra/sweeper=isoflop hydra.sweeper.budgets=[1e15,3e15] \
         hydra.sweeper.models=[p1m,p3m,p10m] hydra.sweeper.tokens_per_param=[2,200] \
@@ -101,7 +101,7 @@ class IsoFlopSweeper(Sweeper):
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from scalelab.sweep import PLANNED_KEYS
+        from scalelab.sweep.plan import PLANNED_KEYS
 
         lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -119,8 +119,8 @@ class IsoFlopSweeper(Sweeper):
         from hydra._internal.config_loader_impl import get_overrides_dirname
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from scalelab import sweep
         from scalelab.config import ConfigError, validate
+        from scalelab.sweep import plan as sweep
 
         if not self.budgets:
             raise PlanError("hydra.sweeper.budgets is empty: give compute budgets in FLOPs, e.g. "
@@ -217,7 +217,7 @@ class IsoFlopSweeper(Sweeper):
     def _sweep(self, arguments: list[str]) -> Any:
         from hydra.core.utils import JobStatus
 
-        from scalelab import sweep
+        from scalelab.sweep import plan as sweep
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         combos = self._other_combos(arguments)

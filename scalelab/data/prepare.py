@@ -1,7 +1,8 @@
 """`scalelab data prepare`: raw text in, a token store (scalelab.data.store) out.
 
     inputs -> records (sources.py) -> cleaned (clean.py) -> drop too short -> drop exact duplicates
-           -> tokenize (byte, or BPE trained here) -> train / val by document hash -> StoreBuilder
+           -> tokenize (byte, BPE trained here, or a tokenizers file) -> train / val by document hash
+           -> StoreBuilder
 
 Everything streams: one record (or one Parquet row batch, or one encoding chunk) is in memory at a
 time, plus a 16-byte digest per kept document for deduplication. The byte tokenizer needs one pass
@@ -15,7 +16,8 @@ documents neither split is left empty: the document nearest the boundary is move
 The manifest records, besides what every store has: the input files with their sha256, the
 options, document counts (read, kept, duplicates, too_short, bad_records, per split), token
 counts and bytes per token (UTF-8 bytes of the cleaned text per token, end-of-document counted as
-a token), which is what keeps bits per byte comparable across tokenizers.
+a token), which is what keeps bits per byte comparable across tokenizers, and the tokenizer's hash
+(`tokenizer_sha256`, of the dataset's tokenizer.json; for --tokenizer FILE also the file's own).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from scalelab.data import tokenizer as tokenizers
 from scalelab.data.clean import clean_text, document_digest, split_score
 from scalelab.data.sources import Source, find_sources, read_records
 from scalelab.data.store import MANIFEST, StoreBuilder, TokenStore
@@ -38,7 +41,8 @@ ENCODE_CHUNK = 256  # documents per tokenizer call (BPE encodes a chunk in paral
 
 @dataclass
 class PrepareOptions:
-    tokenizer: str = "byte"  # byte | bpe
+    tokenizer: str = "byte"  # byte | bpe | a tokenizers tokenizer.json (or a directory holding one), used as is
+    eos_token: str | None = None  # tokenizer files: the end-of-document token (default: see FileTokenizer)
     vocab_size: int = 8192  # bpe only; the trained vocabulary may come out smaller on a small corpus
     text_field: str = "text"  # JSONL field / Parquet column holding the text
     min_chars: int = 1  # cleaned documents shorter than this (in characters) are dropped
@@ -49,8 +53,8 @@ class PrepareOptions:
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
 
     def check(self) -> None:
-        if self.tokenizer not in ("byte", "bpe"):
-            raise ValueError(f"--tokenizer must be byte or bpe; got {self.tokenizer!r}")
+        if self.tokenizer not in ("byte", "bpe") and not Path(self.tokenizer).exists():
+            raise ValueError(f"--tokenizer must be byte, bpe or a tokenizers tokenizer.json file; got {self.tokenizer!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"--val-fraction must lie in (0, 1); got {self.val_fraction}")
         if self.min_chars < 0:
@@ -177,7 +181,10 @@ class _Bar:
 def _train_tokenizer(sources, options: PrepareOptions, bar: _Bar):
     if options.tokenizer == "byte":
         return ByteTokenizer()
-    from scalelab.data.bpe import BPETokenizer
+    from scalelab.data.bpe import BPETokenizer, FileTokenizer
+
+    if options.tokenizer != "bpe":
+        return FileTokenizer.from_file(options.tokenizer, options.eos_token)
 
     documents = CleanDocuments(sources, options, bar.task("pass 1/2: training BPE"))
     train_texts = (text for text, digest in documents
@@ -246,6 +253,15 @@ def prepare(inputs: list[str], out: str | Path, options: PrepareOptions | None =
     return TokenStore(out).manifest
 
 
+def _tokenizer_file(options: PrepareOptions) -> dict:
+    """For --tokenizer FILE: the file used and its own sha256 (its bytes, before `tokenizers` re-serialises it)."""
+    if options.tokenizer in ("byte", "bpe"):
+        return {}
+    path = Path(options.tokenizer)
+    path = path / "tokenizer.json" if path.is_dir() else path
+    return {"tokenizer_file": {"path": str(path.resolve()), "sha256": file_sha256(path)}}
+
+
 def _manifest_extras(sources, options: PrepareOptions, counts: DocumentCounts, builder, content: str) -> dict:
     writers = builder.writers
     split_docs = {s: w.documents for s, w in writers.items()}
@@ -257,6 +273,8 @@ def _manifest_extras(sources, options: PrepareOptions, counts: DocumentCounts, b
                     "sha256": file_sha256(s.path)} for s in sources],
         "options": {k: v for k, v in asdict(options).items() if k not in ("progress", "overwrite")},
         "tokenizer_kind": builder.tokenizer.kind,
+        "tokenizer_sha256": tokenizers.sha256(builder.tokenizer),
+        **_tokenizer_file(options),
         "vocab_size": builder.tokenizer.vocab_size,
         "documents": {**asdict(counts), **split_docs},
         "tokens": {**tokens, "total": sum(tokens.values())},

@@ -3,7 +3,8 @@
 A prepared dataset is a directory:
 
     manifest.json     format, dtype, tokenizer, and per split: shard files, documents, tokens, bytes
-    tokenizer.json    the tokenizer (see scalelab.data.tokenizer)
+    tokenizer.json    the tokenizer (see scalelab.data.tokenizer); for BPE and tokenizers files the plain
+                      `tokenizers` file, with tokenizer_config.json and special_tokens_map.json beside it
     train-00000.bin   raw token ids (manifest dtype), documents separated by the end-of-document id
     val-00000.bin     the held-out split, split by document
 

@@ -1,12 +1,18 @@
-"""Tokenizers: byte-level (the default) and, for prepared datasets, BPE.
+"""Tokenizers: byte-level (the default) and, for prepared datasets, BPE or any `tokenizers` file.
 
 Every tokenizer turns text into a uint16/uint32 id array and back, knows its vocabulary size and
 end-of-document id, and saves itself as JSON beside a dataset and inside every checkpoint, so that
 evaluation and generation decode with the tokenizer the model was trained with.
+
+Beside a dataset, `tokenizer.json` is scalelab's own small JSON for the byte tokenizer and, for
+the others, the plain `tokenizers` file with a Hugging Face tokenizer_config.json next to it
+(`scalelab.data.hf_tokenizer`); `load` reads both, and older datasets whose tokenizer.json wraps a
+BPE in scalelab's JSON. `sha256` hashes that file's text: the tokenizer's identity in manifests.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -40,14 +46,39 @@ def from_dict(spec: dict):
         from scalelab.data.bpe import BPETokenizer
 
         return BPETokenizer.from_dict(spec)
+    if spec["kind"] == "tokenizers":
+        from scalelab.data.bpe import FileTokenizer
+
+        return FileTokenizer.from_dict(spec)
     raise ValueError(f"unknown tokenizer kind {spec['kind']!r}")
 
 
+def file_text(tokenizer) -> str:
+    """The text of the tokenizer.json that `save` writes."""
+    if tokenizer.kind == "byte":
+        return json.dumps(tokenizer.to_dict())
+    return tokenizer.to_json()
+
+
+def sha256(tokenizer) -> str:
+    """The sha256 of the tokenizer's tokenizer.json: what `sha256sum DATASET/tokenizer.json` prints."""
+    return hashlib.sha256(file_text(tokenizer).encode("utf-8")).hexdigest()
+
+
 def save(tokenizer, directory: str | Path) -> Path:
-    path = Path(directory) / TOKENIZER_FILE
-    path.write_text(json.dumps(tokenizer.to_dict()))
-    return path
+    if tokenizer.kind == "byte":
+        path = Path(directory) / TOKENIZER_FILE
+        path.write_text(file_text(tokenizer), encoding="utf-8")
+        return path
+    from scalelab.data.hf_tokenizer import save_hf_tokenizer
+
+    return save_hf_tokenizer(tokenizer, directory)[0]
 
 
 def load(directory: str | Path):
-    return from_dict(json.loads((Path(directory) / TOKENIZER_FILE).read_text()))
+    spec = json.loads((Path(directory) / TOKENIZER_FILE).read_text(encoding="utf-8"))
+    if "kind" in spec:  # scalelab's own JSON
+        return from_dict(spec)
+    from scalelab.data.hf_tokenizer import load_hf_tokenizer
+
+    return load_hf_tokenizer(directory)

@@ -1,0 +1,238 @@
+"""Chinchilla approach 3: the parametric law L(N, D) = E + A/N^alpha + B/D^beta.
+
+The fit minimises the SUM over runs of Huber losses (delta = 1e-3) of the
+log-space residual
+
+    r = LSE(a - alpha*log N, b - beta*log D, e) - log L,   A = e^a, B = e^b, E = e^e,
+
+from a grid of thousands of initialisations (the objective is non-convex and
+single starts land on different, sometimes degenerate, stationary points).
+All starts are run to convergence together with a vectorised L-BFGS
+(``batched_lbfgs``); the best few end points are then polished with scipy's
+L-BFGS-B at tight tolerances. The result reports the best objective and how
+many starts reached it.
+
+Compute-optimal allocation: N_opt(C) minimises L(N, D) under the study's own
+C(N, D) = f(N)*D, with f(N) the table's flops/tokens as a smooth function of N
+(``flops_model``; ``optimum`` does the minimisation). Only under C = k*N*D
+(``k`` given) is this the closed form
+    N_opt = G (C/k)^(beta/(alpha+beta)),  G = (alpha*A / (beta*B))^(1/(alpha+beta)).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+
+from .batched_lbfgs import minimize_batch
+from .conventions import base_conventions
+from .errors import AnalysisError
+from .flops_model import flops_per_token_model
+from .optimum import Allocator, allocation_laws
+from .result import FitResult
+
+MIN_RUNS = 6
+DEFAULT_DELTA = 1e-3
+CHUNK_ROWS = 256
+EXP_CAP = 700.0
+PARAM_ORDER = ("a", "b", "e", "alpha", "beta")
+
+# The initialisation grid of Hoffmann et al. (2022): 6 * 6 * 5 * 5 * 5 = 4500 starts.
+GRID_A = GRID_B = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
+GRID_EXPONENT = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def start_grid(n_starts: int | None = None, seed: int = 0) -> np.ndarray:
+    """Initial points (rows of a, b, e, alpha, beta).
+
+    The full grid has 4500 points; fewer are a random subset of it, more add
+    uniform random points in the grid's box.
+    """
+    grid = np.array(list(itertools.product(GRID_A, GRID_B, GRID_E, GRID_EXPONENT, GRID_EXPONENT)))
+    if n_starts is None or n_starts == len(grid):
+        return grid
+    if n_starts < 1:
+        raise AnalysisError(f"n_starts must be at least 1, got {n_starts}")
+    rng = np.random.default_rng(seed)
+    if n_starts < len(grid):
+        return grid[np.sort(rng.choice(len(grid), size=n_starts, replace=False))]
+    low, high = grid.min(axis=0), grid.max(axis=0)
+    extra = rng.uniform(low, high, size=(n_starts - len(grid), grid.shape[1]))
+    return np.vstack([grid, extra])
+
+
+class HuberLogObjective:
+    """Sum of Huber losses of log residuals, evaluated for many parameter rows at once."""
+
+    def __init__(self, params, tokens, loss, delta: float = DEFAULT_DELTA):
+        self.log_n = np.log(np.asarray(params, dtype=float))
+        self.log_d = np.log(np.asarray(tokens, dtype=float))
+        self.log_l = np.log(np.asarray(loss, dtype=float))
+        self.delta = float(delta)
+
+    def __call__(self, theta):
+        """(f, grad) for theta of shape (S, 5) -> shapes (S,), (S, 5)."""
+        theta = np.atleast_2d(np.asarray(theta, dtype=float))
+        f = np.empty(len(theta))
+        grad = np.empty((len(theta), 5))
+        with np.errstate(all="ignore"):  # underflow to 0 gives f = inf, which the line search rejects
+            for lo in range(0, len(theta), CHUNK_ROWS):  # chunks keep temporaries in cache
+                f[lo:lo + CHUNK_ROWS], grad[lo:lo + CHUNK_ROWS] = self._evaluate(theta[lo:lo + CHUNK_ROWS])
+        return f, grad
+
+    def _evaluate(self, theta):
+        a, b, e, alpha, beta = (theta[:, i:i + 1] for i in range(5))
+        # exp(z) directly is exact LSE arithmetic while z stays below ~700; cap to avoid overflow
+        term_n = np.exp(np.minimum(a - alpha * self.log_n, EXP_CAP))
+        term_d = np.exp(np.minimum(b - beta * self.log_d, EXP_CAP))
+        term_e = np.exp(np.minimum(e, EXP_CAP))
+        total = term_n + term_d
+        total += term_e
+        residual = np.log(total)
+        residual -= self.log_l
+        slope = np.clip(residual, -self.delta, self.delta)       # Huber'(r)
+        f = (slope * (residual - 0.5 * slope)).sum(axis=1)       # Huber(r) = h'(r) (r - h'(r)/2)
+        q = slope / total
+        qn = q * term_n
+        qd = q * term_d
+        grad = np.column_stack([qn.sum(axis=1), qd.sum(axis=1), term_e[:, 0] * q.sum(axis=1),
+                                -(qn @ self.log_n), -(qd @ self.log_d)])
+        return f, grad
+
+    def scalar(self, theta):
+        f, g = self(np.asarray(theta, dtype=float)[None, :])
+        return float(f[0]), g[0]
+
+    def predict_log(self, theta, log_n, log_d):
+        a, b, e, alpha, beta = theta
+        return logsumexp(np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)]), axis=0)
+
+
+def polish(objective: HuberLogObjective, start) -> tuple[np.ndarray, float, bool, str]:
+    """scipy L-BFGS-B from ``start`` with tight tolerances. Returns (x, f, converged, message)."""
+    res = minimize(objective.scalar, np.asarray(start, dtype=float), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 20000, "maxfun": 40000, "ftol": 1e-14, "gtol": 1e-10,
+                            "maxcor": 20})
+    message = str(res.message)
+    grad_small = np.max(np.abs(res.jac)) <= 1e-7 if res.jac is not None else False
+    # Line-search stops at the resolution of floating point are fine if the gradient is ~0.
+    converged = bool(np.all(np.isfinite(res.x)) and (res.success or grad_small))
+    return res.x, float(res.fun), converged, message
+
+
+def compute_optimal_coefficients(E, A, B, alpha, beta, k):
+    """N_opt = G*C^a, D_opt = H*C^b and the frontier E + K*C^-gamma under C = k*N*D."""
+    a = beta / (alpha + beta)
+    b = alpha / (alpha + beta)
+    g_nd = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))   # N_opt = g_nd * (C/k)^a
+    G = g_nd * k ** (-a)
+    H = k ** (-b) / g_nd
+    gamma = alpha * beta / (alpha + beta)
+    K = A * G ** (-alpha) + B * H ** (-beta)
+    return {"a": a, "b": b, "G": G, "H": H, "G_nd": g_nd, "frontier": {"E": E, "A": K, "gamma": gamma}}
+
+
+def _candidates(batch, n_polish: int) -> list:
+    """The best distinct end points of the batch, within 2x of the best objective."""
+    finite = np.isfinite(batch.f)
+    order = np.argsort(np.where(finite, batch.f, np.inf))
+    candidates = []
+    worst_polished = 2.0 * batch.f[order[0]] + 1e-12   # polishing far worse basins is wasted time
+    for i in order:
+        if not finite[i] or batch.f[i] > worst_polished:
+            break
+        if any(np.max(np.abs(batch.x[i] - s)) < 1e-3 for s in candidates):
+            continue
+        candidates.append(batch.x[i])
+        if len(candidates) >= n_polish:
+            break
+    return candidates
+
+
+def best_fit(objective: HuberLogObjective, initial, n_polish: int, max_iter: int):
+    """(theta, objective, converged, message, batch) of the best start after polishing."""
+    batch = minimize_batch(objective, initial, max_iter=max_iter, ftol=1e-13)
+    if not np.isfinite(batch.f).any():
+        return None, np.inf, False, "the objective was not finite at any start", batch
+    best = None
+    for point in _candidates(batch, n_polish):
+        x, f, ok, message = polish(objective, point)
+        if best is None or (ok and not best[2]) or (ok == best[2] and f < best[1]):
+            best = (x, f, ok, message)
+    return (*best, batch)
+
+
+def _check_input(table) -> None:
+    n = len(table)
+    distinct_n, distinct_d = table["params"].nunique(), table["tokens"].nunique()
+    if n < MIN_RUNS or distinct_n < 2 or distinct_d < 2:
+        raise AnalysisError(
+            f"approach 3 fits 5 parameters and needs at least {MIN_RUNS} runs with at least 2 distinct "
+            f"params and 2 distinct tokens values; got {n} runs ({distinct_n} params, {distinct_d} tokens values)")
+
+
+def fit_approach3(table, n_starts: int | None = None, starts=None, delta: float = DEFAULT_DELTA,
+                  k=None, seed: int = 0, n_polish: int = 5, best_rtol: float = 1e-4,
+                  max_iter: int = 400, flops_range=None, **_ignored) -> FitResult:
+    """Fit L(N, D) on the runs of ``table`` (validated) and derive the compute-optimal allocation.
+
+    ``starts`` (rows of a, b, e, alpha, beta) overrides the grid; ``n_starts``
+    sizes the grid (default 4500). A start "reached the best" when its end
+    objective is within ``best_rtol`` (relative) of the best. The allocation
+    uses the table's C(N, D) = f(N)*D (``k`` given: C = k*N*D); a and b are
+    fitted over ``flops_range`` (default: the table's FLOP range).
+    """
+    _check_input(table)
+    n = len(table)
+    objective = HuberLogObjective(table["params"], table["tokens"], table["loss"], delta)
+    initial = start_grid(n_starts, seed) if starts is None else np.atleast_2d(np.asarray(starts, dtype=float))
+    theta, f_best, converged, message, batch = best_fit(objective, initial, n_polish, max_iter)
+    if theta is None:
+        return FitResult(approach="3", converged=False, n_runs=n, message=f"approach 3: {message}")
+    reached = batch.f <= f_best + best_rtol * abs(f_best) + 1e-15
+    a_log, b_log, e_log, alpha, beta = (float(v) for v in theta)
+    params = {"E": float(np.exp(e_log)), "A": float(np.exp(a_log)), "B": float(np.exp(b_log)),
+              "alpha": alpha, "beta": beta}
+    fpt = flops_per_token_model(table, k)
+    conventions = base_conventions()
+    conventions["C(N, D)"] = fpt.describe()
+    details = {
+        "objective": f_best, "objective_form": "sum of Huber losses of log residuals (log-sum-exp form)",
+        "huber_delta": delta, "n_starts": int(len(initial)), "n_reached_best": int(reached.sum()),
+        "best_tolerance": f"objective within {best_rtol:g} (relative) of the best",
+        "batch_iterations": batch.iterations, "batch_converged_starts": int(batch.converged.sum()),
+        "polish": message, "log_params": dict(zip(PARAM_ORDER, map(float, theta), strict=True)),
+        "flops_per_token": fpt.to_dict(),
+    }
+    result = FitResult(approach="3", converged=converged, n_runs=n, params=params,
+                       conventions=conventions, details=details)
+    if not converged:
+        result.message = f"approach 3: L-BFGS-B did not converge from the best starts ({message})"
+        return result
+    if not (alpha > 1e-6 and beta > 1e-6 and np.isfinite(list(params.values())).all()):
+        result.converged = False
+        result.message = (f"approach 3: the best fit is degenerate (alpha = {alpha:.3g}, beta = {beta:.3g}); "
+                          "no compute-optimal allocation follows from it")
+        return result
+    _allocate(result, fpt, flops_range or (table["flops"].min(), table["flops"].max()))
+    return result
+
+
+def _allocate(result: FitResult, fpt, flops_range) -> None:
+    """Exponents, frontier and the exact allocator of a converged approach-3 fit."""
+    p = result.params
+    laws = allocation_laws(p, fpt, flops_range)
+    result.a, result.b, result.G, result.H = laws["a"], laws["b"], laws["G"], laws["H"]
+    result.frontier = laws["frontier"]
+    result.allocate = Allocator(p, fpt)
+    result.details.update({
+        "allocation_range": laws["flops_range"], "interior_optimum": laws["interior"],
+        "a_under_constant_k": p["beta"] / (p["alpha"] + p["beta"]),
+        "exponents_note": ("a, b: slopes of log N_opt, log D_opt vs log C over the allocation range, with "
+                           "N_opt minimising L(N, C/f(N)) exactly; frontier: E + K*C^-gamma fitted to the "
+                           "loss along that optimal allocation"),
+    })

@@ -1,0 +1,170 @@
+"""Collect run directories (summary.json + metrics.jsonl) into a runs table.
+
+A sweep directory holds run directories at any depth; each run directory is
+recognised by its ``summary.json``. The sweep name is the name of the top
+directory given. Runs that did not complete (failed, diverged, preempted,
+running) or have no final eval loss are excluded with one warning that counts
+them by status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import AnalysisError, AnalysisWarning
+from .table import CURVE_COLUMNS, INCLUDED_STATUS
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+NO_LOSS_STATUS = "completed-without-loss"
+UNREADABLE_STATUS = "unreadable"
+
+RUN_COLUMNS = ("sweep", "run_dir", "status", "model", "params", "params_total", "tokens",
+               "flops", "flops_per_token", "budget", "loss", "bpb")
+
+
+def _number(value) -> float:
+    """A float from a JSON value; NaN for null, missing or non-numeric."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def find_run_dirs(sweep_dir: Path) -> list[Path]:
+    """Run directories (those with a summary.json) under ``sweep_dir``, sorted."""
+    found = []
+    for root, dirs, files in os.walk(sweep_dir):
+        dirs[:] = sorted(d for d in dirs if d not in (".hydra", "checkpoints"))
+        if SUMMARY_FILE in files:
+            found.append(Path(root))
+    return sorted(found)
+
+
+def read_summary_row(run_dir: Path, sweep: str) -> dict:
+    """One table row from a run's summary.json (status 'unreadable' if it can't be parsed)."""
+    row = {"sweep": sweep, "run_dir": str(run_dir)}
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        row.update(status=UNREADABLE_STATUS, error=str(exc))
+        return row
+    status = str(summary.get("status") or "unknown")
+    if summary.get("role") == "wsd-stable":  # the shared stable phase of WSD branches: not a scaling point
+        status = "wsd-stable"
+    row.update(
+        status=status,
+        model=summary.get("model"),
+        params=_number(summary.get("params")),
+        params_total=_number(summary.get("params_total")),
+        tokens=_number(summary.get("tokens")),
+        flops=_number(summary.get("flops")),
+        flops_per_token=_number(summary.get("flops_per_token")),
+        budget=_number(summary.get("budget")),
+        loss=_number(summary.get("final_eval_loss")),
+        bpb=_number(summary.get("final_eval_bpb")),
+    )
+    usable = all(np.isfinite(row[k]) and row[k] > 0 for k in ("params", "tokens", "flops", "loss"))
+    if status == INCLUDED_STATUS and not usable:
+        row["status"] = NO_LOSS_STATUS
+    return row
+
+
+def read_curve(run_dir: Path) -> tuple[pd.DataFrame, int]:
+    """A run's metrics.jsonl as a curve table; also the number of unreadable lines."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return pd.DataFrame(columns=list(CURVE_COLUMNS)), 0
+    rows, bad = [], 0
+    with path.open() as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                bad += 1  # e.g. a last line cut short when the run was killed
+                continue
+            if not isinstance(record, dict):
+                bad += 1
+                continue
+            rows.append({
+                "run_dir": str(run_dir),
+                "step": _number(record.get("step")),
+                "tokens": _number(record.get("tokens")),
+                "flops": _number(record.get("flops")),
+                "train_loss": _number(record.get("train_loss")),
+                "eval_loss": _number(record.get("eval_loss")),
+            })
+    return pd.DataFrame(rows, columns=list(CURVE_COLUMNS)), bad
+
+
+def collect(dirs, keep_excluded: bool = False, curves: bool = True) -> pd.DataFrame:
+    """Collect sweep (or run) directories into one runs table.
+
+    Returns the completed runs (all runs, marked by ``status``, when
+    ``keep_excluded``). ``attrs['run_counts']`` counts runs by status and
+    ``attrs['curves']`` holds the training curves of the included runs.
+    """
+    if isinstance(dirs, (str, os.PathLike)):
+        dirs = [dirs]
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise AnalysisError("collect: no sweep directories given")
+    rows = []
+    for sweep_dir in dirs:
+        if not sweep_dir.is_dir():
+            raise AnalysisError(f"sweep directory not found: {str(sweep_dir)!r}")
+        run_dirs = find_run_dirs(sweep_dir)
+        if not run_dirs:
+            raise AnalysisError(f"no runs found under {str(sweep_dir)!r} (no {SUMMARY_FILE} at any depth)")
+        sweep = sweep_dir.resolve().name
+        rows.extend(read_summary_row(run_dir, sweep) for run_dir in run_dirs)
+    table = pd.DataFrame(rows)
+    for column in RUN_COLUMNS:
+        if column not in table.columns:
+            table[column] = math.nan
+    extra = [c for c in table.columns if c not in RUN_COLUMNS]
+    table = table[list(RUN_COLUMNS) + extra]
+    counts = table["status"].value_counts().to_dict()
+    included = table["status"] == INCLUDED_STATUS
+    if not included.all():
+        detail = ", ".join(f"{n} {s}" for s, n in table.loc[~included, "status"].value_counts().items())
+        warnings.warn(f"collect: excluded {int((~included).sum())} of {len(table)} runs ({detail})",
+                      AnalysisWarning, stacklevel=2)
+    if not included.any():
+        raise AnalysisError(f"collect: none of the {len(table)} runs completed with a final eval loss "
+                            f"({', '.join(f'{n} {s}' for s, n in counts.items())})")
+    out = (table if keep_excluded else table[included]).reset_index(drop=True)
+    out.attrs["run_counts"] = {str(k): int(v) for k, v in counts.items()}
+    if curves:
+        out.attrs["curves"] = collect_curves(out.loc[out["status"] == INCLUDED_STATUS, "run_dir"])
+    return out
+
+
+def collect_curves(run_dirs) -> pd.DataFrame:
+    """The long training-curves table (run_dir, step, tokens, flops, train_loss, eval_loss)."""
+    parts, bad_lines = [], 0
+    for run_dir in run_dirs:
+        curve, bad = read_curve(Path(run_dir))
+        bad_lines += bad
+        if len(curve):
+            parts.append(curve)
+    if bad_lines:
+        warnings.warn(f"collect: skipped {bad_lines} unreadable line(s) in {METRICS_FILE} files",
+                      AnalysisWarning, stacklevel=3)
+    if not parts:
+        return pd.DataFrame(columns=list(CURVE_COLUMNS))
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,83 @@
+"""`scalelab bench`: training-step speed against this machine's measured peak (see scalelab/bench/)."""
+
+from __future__ import annotations
+
+import json
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'shape':<14}{'N':>11}{'prec':>6}{'attention':>11}{'acc':>4}{'compile s':>10}{'step ms':>9}{'tok/s':>10}{'GFLOP/s':>9}{'MFU':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['name']:<14}{r['params']:>11,}{r['precision']:>6}{r['attention']:>11}{r['grad_accum']:>4}{r['compile_seconds']:>10.1f}"
+            f"{r['step_seconds'] * 1e3:>9.1f}{r['tokens_per_second']:>10,.0f}"
+            f"{r['model_flops_per_second'] / 1e9:>9.1f}{r['mfu']:>7.1%}"
+        )
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    import jax
+
+    from scalelab.bench.step import (
+        GPU_125M,
+        LONG_SEQUENCE,
+        REFERENCE,
+        BenchShape,
+        bench_compile_cache,
+        bench_data,
+        bench_overhead,
+        bench_shape,
+        default_shapes,
+    )
+    from scalelab.model import ladder
+    from scalelab.runtime import hardware
+
+    shapes = default_shapes()
+    if args.shapes:
+        wanted = set(args.shapes.split(","))
+        shapes = [s for s in [REFERENCE, GPU_125M, LONG_SEQUENCE, *shapes] if s.name in wanted]
+        shapes = list({s.name: s for s in shapes}.values()) + [
+            BenchShape.from_ladder(n) for n in wanted if n in ladder.WIDTH_DEPTH and n not in {s.name for s in shapes}
+        ]
+    peak, method = hardware.peak_flops(args.precision)
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; peak {peak / 1e9:,.1f} GFLOP/s ({method})")
+    print("MFU = ledger FLOPs/token (6*(N_matmul + d*V) + 12*L*T*d_attn) x tokens/s / peak; "
+          f"median of {args.steps} timed steps after warm-up\n")
+    rows = []
+    for shape in shapes:
+        rows.append(bench_shape(shape, args.precision, args.grad_accum, args.steps))
+        print(format_table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else format_table(rows), flush=True)
+    extras = {}
+    if not args.no_extras:
+        fastest = max(r["tokens_per_second"] for r in rows)
+        extras["data"] = bench_data()
+        ratio = extras["data"]["tokens_per_second"] / fastest
+        print(f"\ndata pipeline: {extras['data']['tokens_per_second']:,.0f} tokens/s "
+              f"= {ratio:.0f}x the fastest step above")
+        extras["overhead"] = bench_overhead()
+        best = extras["overhead"]["tokens_per_second"]
+        print(f"logging every step + checkpoint.every=100: {extras['overhead']['overhead']:+.1%} step time "
+              f"(p150k, seq 128, best of {len(extras['overhead']['rounds']['quiet'])} alternating runs: "
+              + ", ".join(f"{name} {value:,.0f} tok/s" for name, value in best.items()) + ")")
+        extras["compile_cache"] = bench_compile_cache()  # last: it points JAX's cache at a temporary dir
+        print(f"compile + first step, reference shape: cold cache {extras['compile_cache']['cold_seconds']:.1f} s, "
+              f"warm persistent cache {extras['compile_cache']['warm_seconds']:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"peak_flops": peak, "peak_method": method, "results": rows, **extras}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="training-step speed (tokens/s, MFU) against the measured peak")
+    p.add_argument("--shapes", help="comma-separated: reference, p150k, p500k, p1m, p3m, p1m-seq1024, gpu-125m, or any ladder size")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--grad-accum", type=int, default=0, help="microbatches per step; 0: auto, as in training")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--no-extras", action="store_true",
+                   help="skip the data-pipeline, compile-cache and logging/checkpoint overhead measurements")
+    p.set_defaults(func=main)

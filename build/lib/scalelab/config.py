@@ -1,0 +1,239 @@
+"""Typed config schemas, registered in Hydra's ConfigStore.
+
+`scalelab/configs/train.yaml` starts from the `train_schema` node below, so every key a YAML file or a
+command-line override sets is checked against these dataclasses (struct mode): an unknown key or a
+value of the wrong type fails while Hydra composes the config, before any JAX code runs.
+`validate` adds the checks a type cannot express (positive sizes, divisibility, known choices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+# `model.attention` choices; scalelab/model/attention.py implements them
+ATTENTION_KERNELS = ("auto", "xla", "cudnn", "blockwise", "splash")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with the dotted key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # ladder name, e.g. p50k; free text for custom shapes
+    d_model: int = MISSING
+    n_layers: int = MISSING
+    n_heads: int = MISSING
+    n_kv_heads: int = MISSING  # < n_heads: grouped-query attention
+    d_ff: int = MISSING  # SwiGLU hidden width
+    head_dim: int = 0  # 0: d_model // n_heads
+    tied_embeddings: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    vocab_multiple: int = 8  # pad the tokenizer's vocabulary up to a multiple of this
+    param_dtype: str = "float32"
+    attention: str = "auto"  # auto | xla | cudnn | blockwise | splash: see scalelab/attention.py
+    lr: float = 3e-3  # the peak learning rate tuned for this size; optimizer.lr defaults to it
+
+
+@dataclass
+class DataConfig:
+    source: str = "stdlib"  # stdlib: the interpreter's own standard library; prepared: data.path
+    path: str | None = None
+    tokenizer: str = "byte"
+    tokens: float = 1e6  # D, training tokens (a float so that 3e6 works on the command line)
+    seq_len: int = 256
+    val_fraction: float = 0.05  # stdlib: share of files held out for validation
+    prefetch: int = 4  # batches the Grain iterator reads ahead
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # global, in sequences
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at the end only
+    eval_tokens: int = 65536
+    precision: str = "fp32"  # fp32 | bf16 (bf16 compute, fp32 parameters and optimizer state)
+    grad_accum: int = 0  # microbatches per step, accumulated inside the jitted step; 0: auto (step.auto_grad_accum)
+    remat: str = "none"  # none | full | dots
+    progress: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = "${model.lr}"  # type: ignore[assignment]
+    weight_decay: float = 0.1
+    clip: float = 1.0  # global-norm clip; 0 disables
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | wsd | constant
+    warmup: float = 0.05  # < 1: fraction of the run's steps; >= 1: steps
+    final_lr_ratio: float = 0.1  # lr at the end of a cosine or WSD decay, relative to the peak
+    decay: float = 0.2  # wsd: fraction of steps in the final decay
+
+
+@dataclass
+class MeshConfig:
+    data: int = -1  # -1 fills the remaining devices
+    fsdp: int = 1
+    tensor: int = 1
+    impl: str = "jit"  # jit | shard_map
+    # logical axis name -> mesh axes; the one place a parallelism strategy is written down
+    rules: dict[str, Any] = field(
+        default_factory=lambda: {
+            "batch": ["data", "fsdp"],
+            "embed": "fsdp",
+            "mlp": "tensor",
+            "heads": "tensor",
+            "kv_heads": "tensor",
+            "vocab": "tensor",
+            "head_dim": None,
+            "norm": None,
+            "seq": None,
+        }
+    )
+
+
+@dataclass
+class DistributedConfig:
+    coordinator: str | None = None  # host:port; read from SLURM / TPU when they set it
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # steps; 0: only at the end
+    steps: list[int] = field(default_factory=list)  # extra steps to save at (WSD fork points); kept
+    keep: int = 2
+    async_save: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    init_from: str | None = None  # a checkpoint directory: start from its parameters (fine-tuning)
+    # a WSD stable run's directory: start this run's cooldown from its checkpoint at the step where
+    # this run's decay begins (full state: parameters, optimizer, data position); see scalelab/wsd.py
+    fork_from: str | None = None
+    role: str = "run"  # run | wsd-stable (the shared stable phase of WSD branches; analysis skips it)
+    budget: float | None = None  # nominal compute budget (FLOPs), set by the IsoFLOP sweeper
+
+
+def run_name(override_dirname: str) -> str:
+    """A run's directory name: its overrides (`model=p50k,data.tokens=1e6`), or `default`."""
+    return override_dirname.replace("/", "_") or "default"
+
+
+def register_configs() -> None:
+    """The schema node `train.yaml` starts from, and the `run_name` resolver its run dirs use."""
+    ConfigStore.instance().store(name="train_schema", node=Config)
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
+CHOICES = {
+    "data.source": ("stdlib", "prepared"),
+    "data.tokenizer": ("byte", "bpe"),
+    "train.precision": ("fp32", "bf16"),
+    "train.remat": ("none", "full", "dots"),
+    "optimizer.name": ("adamw",),
+    "schedule.name": ("cosine", "wsd", "constant"),
+    "mesh.impl": ("jit", "shard_map"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.attention": ATTENTION_KERNELS,
+}
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject values that would fail late (or silently train the wrong thing). Raises ConfigError."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {value!r}")
+
+    positive = [
+        "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.d_ff",
+        "model.vocab_multiple", "model.rope_theta", "model.init_std",
+        "data.tokens", "data.seq_len", "data.prefetch",
+        "train.batch_size", "train.log_every", "train.eval_tokens",
+        "optimizer.lr", "checkpoint.keep",
+    ]
+    for key in positive:
+        value = _get(cfg, key)
+        if value is None or value <= 0:
+            raise ConfigError(key, f"must be positive; got {value!r}")
+    for key in ["model.head_dim", "train.eval_every", "train.grad_accum", "checkpoint.every", "optimizer.weight_decay",
+                "optimizer.clip", "schedule.warmup", "schedule.final_lr_ratio"]:
+        if _get(cfg, key) < 0:
+            raise ConfigError(key, f"must be zero or positive; got {_get(cfg, key)!r}")
+
+    m = cfg.model
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError("model.n_kv_heads", f"must divide model.n_heads={m.n_heads}; got {m.n_kv_heads}")
+    if m.head_dim == 0 and m.d_model % m.n_heads:
+        raise ConfigError("model.n_heads", f"must divide model.d_model={m.d_model} (or set model.head_dim)")
+    if (m.head_dim or m.d_model // m.n_heads) % 2:
+        raise ConfigError("model.head_dim", "must be even for rotary embeddings")
+    if not 0 < cfg.data.val_fraction < 1:
+        raise ConfigError("data.val_fraction", f"must lie in (0, 1); got {cfg.data.val_fraction}")
+    if cfg.data.tokens != int(cfg.data.tokens):
+        raise ConfigError("data.tokens", f"must be a whole number of tokens; got {cfg.data.tokens}")
+    if cfg.data.source == "prepared" and not cfg.data.path:
+        raise ConfigError("data.path", "data=prepared needs data.path=DIR (a `scalelab data prepare` output)")
+    if not 0 <= cfg.schedule.decay <= 1:
+        raise ConfigError("schedule.decay", f"must lie in [0, 1]; got {cfg.schedule.decay}")
+    if cfg.fork_from and cfg.schedule.name != "wsd":
+        raise ConfigError("fork_from", "forks a WSD cooldown: needs schedule=wsd")
+    if cfg.fork_from and cfg.init_from:
+        raise ConfigError("fork_from", "give either fork_from or init_from, not both")
+    if cfg.role not in ("run", "wsd-stable"):
+        raise ConfigError("role", f"must be run or wsd-stable; got {cfg.role!r}")
+    if cfg.schedule.final_lr_ratio > 1:
+        raise ConfigError("schedule.final_lr_ratio", f"must be at most 1; got {cfg.schedule.final_lr_ratio}")
+
+    t = cfg.train
+    if t.grad_accum and t.batch_size % t.grad_accum:
+        raise ConfigError("train.grad_accum", f"must divide train.batch_size={t.batch_size}; got {t.grad_accum}")
+    tokens_per_step = t.batch_size * cfg.data.seq_len
+    if cfg.data.tokens < tokens_per_step:
+        raise ConfigError(
+            "data.tokens",
+            f"{int(cfg.data.tokens)} tokens is less than one step of train.batch_size x data.seq_len "
+            f"= {t.batch_size} x {cfg.data.seq_len} = {tokens_per_step}",
+        )
+    if t.eval_tokens < cfg.data.seq_len:
+        raise ConfigError("train.eval_tokens", f"must hold at least one sequence of data.seq_len={cfg.data.seq_len}")
+    warmup = cfg.schedule.warmup
+    if warmup >= 1 and warmup != int(warmup):
+        raise ConfigError("schedule.warmup", f"is a step count when >= 1 and must be whole; got {warmup}")
+    for axis in ("data", "fsdp", "tensor"):
+        value = cfg.mesh[axis]
+        if value == 0 or value < -1:
+            raise ConfigError(f"mesh.{axis}", f"must be a positive device count or -1; got {value}")

@@ -1,0 +1,113 @@
+"""From a token store to batches: packing into windows, seeded shuffling, per-process slicing.
+
+Packing: a split's documents are stored back to back with an end-of-document id between them; the
+stream is cut into non-overlapping windows of `seq_len + 1` tokens (inputs are the first seq_len,
+targets the last seq_len), so no token is padding.
+
+Order: the training stream is a Grain `MapDataset` of windows, shuffled with `train.seed` and
+reshuffled every epoch when D exceeds the corpus. Global batch `s` is the window sequence
+[s*B, (s+1)*B) of that order, whatever the number of processes; process p of P reads only rows
+[p*B/P, (p+1)*B/P) of it. So the data a step sees is a pure function of (seed, step), and the
+iterator's checkpointable state is just the next step.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+import grain
+import numpy as np
+
+from scalelab.data.stdlib import open_stdlib
+from scalelab.data.store import TokenStore
+
+
+class Windows:
+    """Random access to the packed windows of one split (a Grain-compatible data source)."""
+
+    def __init__(self, shards: list[np.ndarray], seq_len: int):
+        self.shards, self.width = shards, seq_len + 1
+        counts = [max(0, (len(s) - 1) // seq_len) for s in shards]
+        self.starts = np.cumsum([0] + counts).tolist()
+        self.seq_len = seq_len
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = int(index)
+        shard = bisect.bisect_right(self.starts, index) - 1
+        offset = (index - self.starts[shard]) * self.seq_len
+        return np.asarray(self.shards[shard][offset : offset + self.width], dtype=np.int32)
+
+
+def open_store(data_cfg) -> TokenStore:
+    if data_cfg.source == "stdlib":
+        return open_stdlib(data_cfg.val_fraction)
+    return TokenStore(data_cfg.path)
+
+
+@dataclass
+class DataPlan:
+    """What a run will read: steps, epochs, and the held-out batches."""
+
+    steps: int
+    tokens_per_step: int
+    train_windows: int
+    epochs: float  # passes over the training split that `steps` needs
+
+    @property
+    def repeats_data(self) -> bool:
+        return self.epochs > 1
+
+
+def plan(store: TokenStore, data_cfg, batch_size: int) -> DataPlan:
+    seq_len = data_cfg.seq_len
+    windows = len(Windows(store.shards("train"), seq_len))
+    tokens_per_step = batch_size * seq_len
+    steps = int(data_cfg.tokens) // tokens_per_step
+    if windows < batch_size:
+        raise ValueError(
+            f"data: the training split holds {windows} windows of data.seq_len={seq_len}, fewer than one "
+            f"batch of train.batch_size={batch_size}"
+        )
+    return DataPlan(steps=steps, tokens_per_step=tokens_per_step, train_windows=windows,
+                    epochs=steps * batch_size / windows)
+
+
+def train_iterator(store: TokenStore, data_cfg, batch_size: int, seed: int, steps: int,
+                   process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+    """This process' rows of global batches 0..steps-1, as a checkpointable Grain iterator."""
+    if batch_size % process_count:
+        raise ValueError(f"train.batch_size={batch_size} must divide over {process_count} processes")
+    windows = Windows(store.shards("train"), data_cfg.seq_len)
+    epochs = math.ceil(steps * batch_size / len(windows))
+    ordered = grain.MapDataset.source(windows).shuffle(seed=seed).repeat(epochs)
+    local = batch_size // process_count
+
+    def global_index(j: int) -> int:
+        step, row = divmod(j, local)
+        return step * batch_size + process_index * local + row
+
+    ds = grain.MapDataset.range(steps * local).map(lambda j: ordered[global_index(j)]).batch(local)
+    options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=data_cfg.prefetch)
+    return iter(ds.to_iter_dataset(options))
+
+
+def eval_batches(store: TokenStore, data_cfg, batch_size: int, eval_tokens: int,
+                 process_index: int = 0, process_count: int = 1) -> list[np.ndarray]:
+    """The fixed held-out set: the first whole batches of validation windows, in order."""
+    windows = Windows(store.shards("val"), data_cfg.seq_len)
+    n_batches = max(1, min(eval_tokens // (batch_size * data_cfg.seq_len), len(windows) // batch_size))
+    if len(windows) < batch_size:
+        raise ValueError(
+            f"data: the validation split holds {len(windows)} windows, fewer than one batch of {batch_size}"
+        )
+    local = batch_size // process_count
+    batches = []
+    for b in range(n_batches):
+        start = b * batch_size + process_index * local
+        batches.append(np.stack([windows[start + r] for r in range(local)]))
+    return batches

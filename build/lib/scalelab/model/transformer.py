@@ -1,0 +1,223 @@
+"""A decoder-only Transformer in Flax NNX.
+
+token embedding -> n_layers x [RMSNorm -> causal self-attention (RoPE, GQA) -> residual,
+RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> output projection (tied or not).
+
+Every parameter carries `logical_axes` metadata (`vocab`, `embed`, `heads`, `kv_heads`,
+`head_dim`, `mlp`, `norm`); `scalelab.train.mesh` turns those names into shardings through the rules in
+`mesh.rules`, so the model itself never names a mesh axis. Tensor names carry their shapes:
+B batch, T sequence, D d_model, N query heads, K kv heads, H head_dim, F d_ff, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scalelab import ledger
+from scalelab.config import ConfigError
+from scalelab.model import attention
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+SHAPE_KEYS = tuple(f.name for f in dataclasses.fields(ledger.Shape))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What building the model needs: its architecture (`ledger.Shape`) plus how it computes."""
+
+    shape: ledger.Shape
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    attention: str = "xla"  # an implementation name of scalelab.model.attention ("auto" resolved by from_config)
+    remat: str = "none"
+
+    # the architecture's numbers, read through the one shape record
+    d_model = property(lambda self: self.shape.d_model)
+    n_layers = property(lambda self: self.shape.n_layers)
+    n_heads = property(lambda self: self.shape.n_heads)
+    n_kv_heads = property(lambda self: self.shape.n_kv_heads)
+    d_ff = property(lambda self: self.shape.d_ff)
+    vocab = property(lambda self: self.shape.vocab)  # padded
+    head_dim = property(lambda self: self.shape.head_dim)
+    tied_embeddings = property(lambda self: self.shape.tied_embeddings)
+
+    @classmethod
+    def build(cls, seq_len: int = 256, **fields) -> ModelSpec:
+        """A spec from flat keyword arguments (tests, notebooks): architecture keys go to the shape."""
+        return cls(shape=ledger.Shape(seq_len=seq_len, **{k: fields.pop(k) for k in SHAPE_KEYS if k in fields}),
+                   **fields)
+
+    def replace(self, **fields) -> ModelSpec:
+        """A copy with some fields changed, architecture keys included."""
+        shape = dataclasses.replace(self.shape, **{k: fields.pop(k) for k in SHAPE_KEYS if k in fields})
+        return dataclasses.replace(self, shape=shape, **fields)
+
+    @classmethod
+    def from_config(cls, cfg, vocab: int) -> ModelSpec:
+        """The spec of a composed run config for a tokenizer of `vocab` ids."""
+        m = cfg.model
+        shape = ledger.Shape.from_config(m, vocab, cfg.data.seq_len)
+        return cls(
+            shape=shape,
+            rope_theta=m.rope_theta,
+            norm_eps=m.norm_eps,
+            init_std=m.init_std,
+            param_dtype=m.param_dtype,
+            compute_dtype=cfg.train.precision,
+            attention=resolve_attention(m.attention, cfg.train.precision, cfg.data.seq_len, shape.head_dim),
+            remat=cfg.train.remat,
+        )
+
+
+def resolve_attention(name: str, precision: str, seq_len: int, head_dim: int) -> str:
+    """`model.attention` made concrete for this platform; a kernel the platform lacks is a ConfigError."""
+    chosen = attention.resolve(name, precision, seq_len, head_dim)
+    platform = jax.default_backend()
+    needs = {"cudnn": "gpu", "splash": "tpu"}.get(chosen)
+    if needs and platform != needs:
+        raise ConfigError("model.attention", f"{chosen} runs on {needs.upper()} only; this run is on {platform} "
+                                             "(use auto, blockwise or xla)")
+    if chosen == "cudnn" and precision != "bf16":
+        raise ConfigError("model.attention", "cudnn flash attention needs train.precision=bf16")
+    if chosen == "splash" and seq_len % attention.SPLASH_BLOCK:
+        raise ConfigError("model.attention", f"splash attention needs data.seq_len to be a multiple of "
+                                             f"{attention.SPLASH_BLOCK}; got {seq_len}")
+    return chosen
+
+
+def _param(rngs: nnx.Rngs, shape, std: float, axes: tuple, dtype) -> nnx.Param:
+    """A normal(0, std) matrix; `init_std` is kept as metadata so `ModelFns.init` (functional.py) can draw all
+    parameters from one random stream (one RNG op compiles much faster than one per parameter)."""
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), logical_axes=axes, init_std=std)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+        self.eps = eps
+
+    def __call__(self, x_BxTxD):
+        x = x_BxTxD.astype(jnp.float32)
+        normed = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return (normed * self.scale[...].astype(jnp.float32)).astype(x_BxTxD.dtype)
+
+
+def rotary_tables(positions_BxT, head_dim: int, theta: float):
+    """sin and cos of shape BxTx1x(H/2) for rotary position embeddings at the given positions."""
+    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+    return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+
+
+def apply_rotary(x_BxTxNxH, sin, cos):
+    x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_BxTxNxH.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, spec: ModelSpec, rngs: nnx.Rngs):
+        D, N, K, H = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim
+        pd = DTYPES[spec.param_dtype]
+        out_std = spec.init_std / (2 * spec.n_layers) ** 0.5
+        self.wq = _param(rngs, (D, N, H), spec.init_std, ("embed", "heads", "head_dim"), pd)
+        self.wk = _param(rngs, (D, K, H), spec.init_std, ("embed", "kv_heads", "head_dim"), pd)
+        self.wv = _param(rngs, (D, K, H), spec.init_std, ("embed", "kv_heads", "head_dim"), pd)
+        self.wo = _param(rngs, (N, H, D), out_std, ("heads", "head_dim", "embed"), pd)
+        self.spec = spec
+
+    def __call__(self, x_BxTxD, sin, cos, cache=None):
+        dt = x_BxTxD.dtype
+        q_BxTxNxH = jnp.einsum("btd,dnh->btnh", x_BxTxD, self.wq[...].astype(dt))
+        k_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.wk[...].astype(dt))
+        v_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.wv[...].astype(dt))
+        q_BxTxNxH = apply_rotary(q_BxTxNxH, sin, cos)
+        k_BxTxKxH = apply_rotary(k_BxTxKxH, sin, cos)
+        if cache is None:
+            out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.spec.attention)
+            new_cache = None
+        else:
+            out_BxTxNxH, new_cache = cache.attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+        y_BxTxD = jnp.einsum("btnh,nhd->btd", out_BxTxNxH, self.wo[...].astype(dt))
+        return y_BxTxD, new_cache
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, spec: ModelSpec, rngs: nnx.Rngs):
+        D, F = spec.d_model, spec.d_ff
+        pd = DTYPES[spec.param_dtype]
+        self.w_gate = _param(rngs, (D, F), spec.init_std, ("embed", "mlp"), pd)
+        self.w_up = _param(rngs, (D, F), spec.init_std, ("embed", "mlp"), pd)
+        self.w_down = _param(rngs, (F, D), spec.init_std / (2 * spec.n_layers) ** 0.5, ("mlp", "embed"), pd)
+
+    def __call__(self, x_BxTxD):
+        dt = x_BxTxD.dtype
+        gate_BxTxF = x_BxTxD @ self.w_gate[...].astype(dt)
+        up_BxTxF = x_BxTxD @ self.w_up[...].astype(dt)
+        return (jax.nn.silu(gate_BxTxF) * up_BxTxF) @ self.w_down[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, spec: ModelSpec, rngs: nnx.Rngs):
+        pd = DTYPES[spec.param_dtype]
+        self.attn_norm = RMSNorm(spec.d_model, spec.norm_eps, pd)
+        self.attn = Attention(spec, rngs)
+        self.mlp_norm = RMSNorm(spec.d_model, spec.norm_eps, pd)
+        self.mlp = SwiGLU(spec, rngs)
+
+    def __call__(self, x_BxTxD, sin, cos, cache=None):
+        y_BxTxD, new_cache = self.attn(self.attn_norm(x_BxTxD), sin, cos, cache)
+        x_BxTxD = x_BxTxD + y_BxTxD
+        x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+        return x_BxTxD, new_cache
+
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nnx.Module):
+    def __init__(self, spec: ModelSpec, rngs: nnx.Rngs):
+        pd = DTYPES[spec.param_dtype]
+        self.spec = spec
+        self.embed = _param(rngs, (spec.vocab, spec.d_model), spec.init_std, ("vocab", "embed"), pd)
+        self.blocks = nnx.List([Block(spec, rngs) for _ in range(spec.n_layers)])
+        self.final_norm = RMSNorm(spec.d_model, spec.norm_eps, pd)
+        if not spec.tied_embeddings:
+            self.lm_head = _param(rngs, (spec.d_model, spec.vocab), spec.init_std, ("embed", "vocab"), pd)
+
+    def __call__(self, tokens_BxT, positions_BxT=None, caches=None):
+        """Logits (in the compute dtype) for every position; with `caches`, also the updated caches."""
+        spec = self.spec
+        dt = DTYPES[spec.compute_dtype]
+        if positions_BxT is None:
+            positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+        sin, cos = rotary_tables(positions_BxT, spec.head_dim, spec.rope_theta)
+        x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
+        new_caches = []
+        for i, block in enumerate(self.blocks):
+            cache = None if caches is None else caches[i]
+            if spec.remat != "none" and caches is None:
+                x_BxTxD, _ = nnx.remat(lambda b, x: b(x, sin, cos), policy=REMAT_POLICIES[spec.remat])(
+                    block, x_BxTxD
+                )
+            else:
+                x_BxTxD, cache = block(x_BxTxD, sin, cos, cache)
+            new_caches.append(cache)
+        x_BxTxD = self.final_norm(x_BxTxD)
+        w_DxV = self.embed[...].T if spec.tied_embeddings else self.lm_head[...]
+        logits_BxTxV = x_BxTxD @ w_DxV.astype(dt)
+        return logits_BxTxV if caches is None else (logits_BxTxV, new_caches)

@@ -1,0 +1,30 @@
+"""The names of the files a run and a sweep write: defined here once, read by every layer.
+
+A run directory holds `.hydra/` (Hydra's), `train.log`, `metrics.jsonl` (one JSON object per
+logged step), `summary.json` (the run's record), `checkpoints/<step>/` (Orbax) and
+`tensorboard/`; a sweep directory holds its runs and the IsoFLOP sweeper's `plan.json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HYDRA = ".hydra"
+TRAIN_LOG = "train.log"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+DAMAGED = "checkpoints_damaged"
+TENSORBOARD = "tensorboard"
+PLAN = "plan.json"
+
+# what Hydra (and our logging) creates before a run has started: a failed start may remove these
+START_FILES = frozenset({HYDRA, TRAIN_LOG, "main.log"})
+
+
+def summary_path(run_dir) -> Path:
+    return Path(run_dir) / SUMMARY
+
+
+def metrics_path(run_dir) -> Path:
+    return Path(run_dir) / METRICS

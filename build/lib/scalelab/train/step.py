@@ -1,0 +1,194 @@
+"""The training and evaluation steps, jitted with explicit shardings over the mesh.
+
+The train state is a plain pytree `{"step", "params", "opt_state"}` whose parameters are a nested
+dict of arrays (string keys), so that optax, Orbax and the sharding rules all see the same tree.
+`ModelFns` (scalelab/model/functional.py) turns that dict back into the NNX module inside the
+traced function (free at run time); the loss is `scalelab.model.loss.next_token_loss`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from scalelab.config import ConfigError
+from scalelab.model.functional import ModelFns
+from scalelab.model.loss import next_token_loss
+from scalelab.train import mesh as meshlib
+from scalelab.train import optim
+
+
+def loss_and_grads(fns: ModelFns, params: dict, batch_BxT1, grad_accum: int):
+    """Loss and gradient of the whole batch, accumulated over `grad_accum` microbatches with scan.
+
+    Microbatch i takes rows i, i + grad_accum, ... so that, with the batch split over devices,
+    every microbatch keeps the same split and no row moves between devices.
+    """
+    grad_fn = jax.value_and_grad(partial(next_token_loss, fns))
+    if grad_accum == 1:
+        return grad_fn(params, batch_BxT1)
+    B, T1 = batch_BxT1.shape
+    micro_AxMxT1 = batch_BxT1.reshape(B // grad_accum, grad_accum, T1).swapaxes(0, 1)
+
+    def accumulate(carry, micro_MxT1):
+        loss_sum, grad_sum = carry
+        loss, grads = grad_fn(params, micro_MxT1)
+        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros), micro_AxMxT1)
+    return loss_sum / grad_accum, jax.tree.map(lambda g: g / grad_accum, grad_sum)
+
+
+# Tokens per microbatch and batch shard that keep a step's activations (attention scores above
+# all) within a CPU's caches; much smaller microbatches lose to per-op overhead (NOTES.md).
+CPU_MICROBATCH_TOKENS = 1024
+
+
+def auto_grad_accum(batch_size: int, seq_len: int, batch_shards: int, platform: str) -> int:
+    """`train.grad_accum=0`: on CPUs, the most microbatches that still give each batch shard at least
+    CPU_MICROBATCH_TOKENS tokens (and a whole number of rows); elsewhere, 1."""
+    if platform != "cpu":
+        return 1
+    best = 1
+    for accum in range(1, batch_size + 1):
+        rows = batch_size // accum
+        if batch_size % accum or rows % batch_shards:
+            continue
+        if rows // batch_shards * seq_len >= CPU_MICROBATCH_TOKENS or accum == 1:
+            best = accum
+    return best
+
+
+def shard_map_loss_and_grads(fns: ModelFns, mesh, param_specs, batch_spec, grad_accum: int):
+    """Data- and FSDP-parallel loss and gradients, with every collective written out.
+
+    Each device holds its FSDP shard of every parameter and its rows of the batch. It all-gathers
+    the parameters over `fsdp`, runs forward and backward on its rows, then reduce-scatters each
+    gradient back to its shard over `fsdp` (psum for unsharded ones) and sums over `data`. The
+    result is the mean gradient of the global batch, sharded like the parameters.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    n_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+
+    def fsdp_dim(spec) -> int | None:
+        for dim, entry in enumerate(spec):
+            if "fsdp" in meshlib._mesh_axes_of(entry):
+                return dim
+        return None
+
+    def gather(p, spec):
+        dim = fsdp_dim(spec)
+        return p if dim is None else jax.lax.all_gather(p, "fsdp", axis=dim, tiled=True)
+
+    def reduce(g, spec):
+        dim = fsdp_dim(spec)
+        if dim is None:
+            g = jax.lax.psum(g, ("data", "fsdp"))
+        else:
+            g = jax.lax.psum(jax.lax.psum_scatter(g, "fsdp", scatter_dimension=dim, tiled=True), "data")
+        return g / n_shards
+
+    def as_local(p):
+        # Mark the gathered copy as per-device, so that autodiff returns this device's own gradient
+        # (shard_map would otherwise sum gradients of replicated inputs implicitly) and the
+        # reductions below are the only ones.
+        aval = jax.typeof(p)
+        varying = aval.vma if hasattr(aval, "vma") else aval.manual_axis_type.varying
+        missing = tuple(a for a in ("data", "fsdp") if a not in varying)
+        return jax.lax.pcast(p, missing, to="varying") if missing else p
+
+    def local(params, batch_BxT1):
+        full = jax.tree.map(lambda p, spec: as_local(gather(p, spec)), params, param_specs)
+        loss, grads = loss_and_grads(fns, full, batch_BxT1, grad_accum)
+        grads = jax.tree.map(reduce, grads, param_specs)
+        return jax.lax.pmean(loss, ("data", "fsdp")), grads
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(param_specs, batch_spec), out_specs=(P(), param_specs))
+
+
+@dataclass
+class Steps:
+    """The compiled-on-first-call functions of one run, with the shardings they were built for."""
+
+    fns: ModelFns
+    optimizer: optax.GradientTransformation
+    mesh: Any
+    state_shardings: Any
+    batch_sharding: Any
+    init_state: Any  # (seed) -> state, jitted with out_shardings
+    train_step: Any  # (state, batch) -> (state, metrics), state donated
+    compiled_step: Any  # the jitted (state, batch, schedule) function behind train_step
+    eval_step: Any  # (params, batch) -> loss
+
+
+def build_steps(fns: ModelFns, optimizer, schedule_name: str, schedule: optim.Schedule, mesh, rules, batch_size: int,
+                grad_accum: int, impl: str = "jit") -> Steps:
+    """The jitted steps. impl=jit lets GSPMD place the collectives; impl=shard_map writes them out.
+
+    The learning-rate schedule's numbers (`optim.Schedule`) are an input of the compiled
+    step, not constants in it, so runs of one shape and different lengths share one compilation.
+    """
+    param_sh = meshlib.param_shardings(fns.logical_axes, fns.shapes, rules, mesh)
+    batch_sh = meshlib.batch_sharding(rules, mesh, batch_size)
+    if grad_accum > 1:
+        meshlib.batch_sharding(rules, mesh, batch_size // grad_accum, "train.grad_accum")  # microbatches split too
+    replicated = meshlib.replicated(mesh)
+
+    def init_state(seed):
+        params = fns.init(seed)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+
+    abstract = jax.eval_shape(init_state, 0)
+    # optimizer moments mirror their parameter's sharding; scalars (counts) are replicated
+    state_sh = {
+        "step": replicated,
+        "params": param_sh,
+        "opt_state": optax.tree_map_params(optimizer, lambda _, s: s, abstract["opt_state"], param_sh,
+                                           transform_non_params=lambda _: replicated),
+    }
+
+    if impl == "shard_map":
+        if mesh.shape["tensor"] > 1:
+            raise ConfigError("mesh.impl", "shard_map writes out data and FSDP parallelism only; set mesh.tensor=1 "
+                                           "or use mesh.impl=jit for tensor parallelism")
+        param_specs = jax.tree.map(lambda s: s.spec, param_sh)
+        micro = batch_size // grad_accum // (mesh.shape["data"] * mesh.shape["fsdp"])
+        if micro < 1:
+            raise ConfigError("train.grad_accum", "each device needs at least one row per microbatch")
+        # name both batch axes even when one has size 1, so every device's loss "varies" over both
+        batch_spec = jax.sharding.PartitionSpec(("data", "fsdp"))
+        grads_fn = shard_map_loss_and_grads(fns, mesh, param_specs, batch_spec, grad_accum)
+    else:
+        grads_fn = partial(loss_and_grads, fns, grad_accum=grad_accum)
+
+    def train_step(state, batch, schedule):
+        params = state["params"]
+        loss, grads = grads_fn(params, batch)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        lr = optim.learning_rate(schedule_name, state["step"], schedule)
+        updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
+        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
+        metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
+        return new_state, metrics
+
+    def eval_step(params, batch):
+        return next_token_loss(fns, params, batch)
+
+    compiled_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh, replicated),
+                            out_shardings=(state_sh, replicated), donate_argnums=0)
+    values = jax.device_put(schedule.as_input(), replicated)
+    return Steps(
+        fns=fns, optimizer=optimizer, mesh=mesh, state_shardings=state_sh,
+        batch_sharding=batch_sh,
+        init_state=jax.jit(init_state, out_shardings=state_sh),
+        train_step=lambda state, batch: compiled_step(state, batch, values),
+        compiled_step=compiled_step,
+        eval_step=jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=replicated),
+    )

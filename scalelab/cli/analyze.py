@@ -1,0 +1,216 @@
+"""Command line: ``scalelab analyze collect|fit|compare|report``.
+
+``add_subparsers(subparsers)`` registers the four subcommands on an argparse
+subparsers object (the ``scalelab analyze`` command passes its own); each sets
+``func`` to a handler that takes the parsed args and returns an exit code:
+0 on success, 1 when a fit did not converge, 2 for bad input (the message is
+printed as ``error: ...`` on stderr). ``main(argv)`` runs it standalone:
+``python -m scalelab.cli.analyze fit runs.csv --approach 3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from scalelab.analysis.errors import AnalysisError
+
+EXIT_OK, EXIT_NOT_CONVERGED, EXIT_BAD_INPUT = 0, 1, 2
+APPROACH_CHOICES = ("kaplan", "1", "2", "3")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _add_fit_options(parser: argparse.ArgumentParser, default_bootstrap: int) -> None:
+    parser.add_argument("--approach", default="3", choices=APPROACH_CHOICES,
+                        help="kaplan, 1 (training-curve envelope), 2 (IsoFLOP parabolas), 3 (parametric L(N,D)); "
+                             "default 3")
+    parser.add_argument("--bootstrap", type=_positive_int, default=default_bootstrap, metavar="K",
+                        help=f"bootstrap resamples for 95%% intervals (default {default_bootstrap})")
+    parser.add_argument("--budgets", default=None, metavar="C1,C2,...",
+                        help="FLOP budgets for the allocation table (default: the data's budgets or a decade grid)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (bootstrap, start subsets)")
+    parser.add_argument("--n-starts", type=int, default=None, metavar="S",
+                        help="approach 3: initialisations (default: the 4500-point grid)")
+    parser.add_argument("--bootstrap-starts", type=int, default=None, metavar="S",
+                        help="approach 3: extra grid starts per bootstrap resample (default 32)")
+
+
+def add_subparsers(subparsers) -> None:
+    """Register collect, fit, compare and report on ``subparsers``."""
+    p = subparsers.add_parser("collect", help="collect run directories into a runs table",
+                              description="Read every run's summary.json (and metrics.jsonl) under the sweep "
+                                          "directories into one table; curves go beside it as <name>.curves.<ext>.")
+    p.add_argument("dirs", nargs="+", metavar="SWEEP_DIR")
+    p.add_argument("-o", "--output", required=True, metavar="runs.csv|runs.parquet")
+    p.add_argument("--keep-excluded", action="store_true",
+                   help="also write runs that did not complete (marked by 'status'; fits skip them)")
+    p.set_defaults(func=run_collect)
+
+    p = subparsers.add_parser("fit", help="fit a scaling law to a runs table",
+                              description="Fit a scaling law; print parameters, compute-optimal exponents and "
+                                          "allocation, with bootstrap intervals.")
+    p.add_argument("table", metavar="TABLE", help="runs table (.csv/.parquet) or a sweep directory")
+    _add_fit_options(p, default_bootstrap=0)
+    p.add_argument("--holdout-top", type=_positive_int, default=0, metavar="K",
+                   help="fit without the K largest-compute runs and report their predicted vs actual loss")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the result as JSON")
+    p.set_defaults(func=run_fit)
+
+    p = subparsers.add_parser("compare", help="compare two sweeps fitted the same way",
+                              description="Fit A and B with the same method; report B - A exponent differences "
+                                          "and the effective compute multiplier of B over A at chosen budgets.")
+    p.add_argument("a", metavar="A", help="table or sweep directory (the baseline)")
+    p.add_argument("b", metavar="B", help="table or sweep directory")
+    _add_fit_options(p, default_bootstrap=0)
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the comparison as JSON")
+    p.set_defaults(func=run_compare)
+
+    p = subparsers.add_parser("report", help="figures and report.md for one or more sweeps",
+                              description="Fit every approach the data supports, draw the figures (PNG and SVG) "
+                                          "and write report.md. Several inputs are compared with the first.")
+    p.add_argument("inputs", nargs="+", metavar="SWEEP_DIR_OR_TABLE")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--approaches", default="kaplan,1,2,3", help="comma-separated (default kaplan,1,2,3)")
+    p.add_argument("--bootstrap", type=_positive_int, default=100, metavar="K",
+                   help="bootstrap resamples (default 100)")
+    p.add_argument("--holdout-top", type=_positive_int, default=None, metavar="K",
+                   help="runs held out for the prediction check (default: a tenth of the runs)")
+    p.add_argument("--budgets", default=None, metavar="C1,C2,...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-starts", type=int, default=None, metavar="S")
+    p.add_argument("--bootstrap-starts", type=int, default=None, metavar="S")
+    p.add_argument("--pool", action="store_true", help="pool all inputs into one study instead of comparing them")
+    p.set_defaults(func=run_report)
+
+
+def _guarded(handler):
+    """Print warnings as 'warning: ...', AnalysisError as 'error: ...' (exit 2)."""
+    def wrapper(args) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                code = handler(args)
+            except AnalysisError as exc:
+                code = EXIT_BAD_INPUT
+                error = str(exc)
+            else:
+                error = None
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            print(f"warning: {message}", file=sys.stderr)
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
+        return code
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+def _fit_options(args) -> dict:
+    options = {}
+    if args.approach == "3":
+        if args.n_starts is not None:
+            options["n_starts"] = args.n_starts
+        if args.bootstrap_starts is not None:
+            options["bootstrap_starts"] = args.bootstrap_starts
+    return options
+
+
+def _write_json(path, data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+@_guarded
+def run_collect(args) -> int:
+    from scalelab.analysis.collect import collect
+    from scalelab.analysis.table import write_table
+    table = collect(args.dirs, keep_excluded=args.keep_excluded)
+    written = write_table(table, args.output)
+    counts = table.attrs.get("run_counts", {})
+    print(f"collected {int((table['status'] == 'completed').sum())} completed runs "
+          f"({', '.join(f'{n} {s}' for s, n in counts.items())}) -> {', '.join(map(str, written))}")
+    return EXIT_OK
+
+
+@_guarded
+def run_fit(args) -> int:
+    from scalelab.analysis.fitting import fit
+    from scalelab.analysis.inputs import load_inputs
+    from scalelab.analysis.markdown import fit_text
+    table, _ = load_inputs(args.table)
+    result = fit(table, args.approach, bootstrap=args.bootstrap, budgets=args.budgets, seed=args.seed,
+                 holdout_top=args.holdout_top, **_fit_options(args))
+    if args.json:
+        _write_json(args.json, result.to_dict())
+    if not result.converged:
+        print(f"error: the fit did not converge: {result.message}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    print(fit_text(result))
+    return EXIT_OK
+
+
+@_guarded
+def run_compare(args) -> int:
+    from scalelab.analysis.compare import compare
+    from scalelab.analysis.markdown import exponent_ci, fit_text, num, with_ci
+    result = compare(args.a, args.b, approach=args.approach, budgets=args.budgets, bootstrap=args.bootstrap,
+                     seed=args.seed, **_fit_options(args))
+    if args.json:
+        _write_json(args.json, result.to_dict())
+    if not result.converged:
+        print(f"error: the fit did not converge: {result.message}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    a, b = result.names
+    print(f"A = {a}\n" + fit_text(result.fit_a).replace("\n", "\n  "))
+    print(f"B = {b}\n" + fit_text(result.fit_b).replace("\n", "\n  "))
+    print(f"differences ({b} - {a}):")
+    for key, entry in result.differences.items():
+        print(f"  {key:<6} {exponent_ci(entry['difference'], entry.get('ci'))}")
+    print(f"compute multiplier of {b} over {a}:")
+    for row in result.multipliers:
+        print(f"  C = {num(row['budget'])}: {with_ci(row['multiplier'], row.get('ci'))}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return EXIT_OK
+
+
+@_guarded
+def run_report(args) -> int:
+    from scalelab.analysis.report import report
+    approaches = [a.strip() for a in args.approaches.split(",") if a.strip()]
+    bad = [a for a in approaches if a not in APPROACH_CHOICES]
+    if bad:
+        raise AnalysisError(f"unknown approach(es) {', '.join(bad)}: choose from kaplan, 1, 2, 3")
+    result = report(args.inputs, args.output, approaches=approaches, bootstrap=args.bootstrap,
+                    holdout_top=args.holdout_top, budgets=args.budgets, seed=args.seed, pool=args.pool,
+                    n_starts=args.n_starts, bootstrap_starts=args.bootstrap_starts)
+    print(f"wrote {result.report} and {len(result.figures)} figure files")
+    for name, reason in result.skipped.items():
+        print(f"skipped {name}: {reason}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scalelab analyze", description="Scaling-law analysis of sweeps.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_subparsers(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Where a run starts: its own newest checkpoint (resume), a WSD stable run's checkpoint at this
+run's decay start (fork), a pretrained checkpoint's parameters (fine-tune), or fresh weights."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+
+from scalelab.train import optim
+from scalelab.train.build import Run
+from scalelab.train.checkpoint import Checkpointer, CheckpointError, NoCheckpoint, find_checkpoint, load_params
+
+log = logging.getLogger("scalelab")
+
+
+def initial_state(run: Run, ckpt: Checkpointer):
+    """(state, data iterator state or None, step) of the run's first step."""
+    steps, t = run.steps, run.cfg.train
+    abstract = jax.eval_shape(steps.init_state, t.seed)
+    restored = ckpt.restore_latest(abstract, steps.state_shardings)
+    if restored is not None:
+        state, data_state, meta = restored
+        return state, data_state, int(meta["step"])
+    if run.cfg.fork_from:
+        return fork(run, abstract)
+    state = steps.init_state(t.seed)
+    if run.cfg.init_from:
+        try:
+            check_tokenizer(run, run.cfg.init_from)
+        except NoCheckpoint as exc:
+            raise CheckpointError(f"init_from={run.cfg.init_from}: {exc}") from exc
+        state["params"] = load_params(run.cfg.init_from, abstract["params"], steps.state_shardings["params"])
+    return state, None, 0
+
+
+def fork_step(run: Run) -> int:
+    """The step at which this WSD run's decay begins: where it forks from the stable run."""
+    return int(optim.schedule_values(run.cfg.schedule, 1.0, run.plan.steps).decay_start)
+
+
+def fork(run: Run, abstract):
+    """The stable run's full state (parameters, optimizer, data position) at this run's decay start."""
+    step = fork_step(run)
+    source = Checkpointer(run.cfg.fork_from, keep=1_000_000, async_save=False)
+    try:
+        if step not in source.steps():
+            raise CheckpointError(
+                f"fork_from={run.cfg.fork_from} has no checkpoint at step {step} (this run's decay start); "
+                f"it has {source.steps()}: run the stable phase with checkpoint.steps=[{step}, ...]"
+            )
+        state, data_state, _ = source.restore_step(step, abstract, run.steps.state_shardings)
+    finally:
+        source.close()
+    log.info("forked from %s at step %d", run.cfg.fork_from, step)
+    return state, data_state, step
+
+
+def check_tokenizer(run: Run, init_from: str) -> None:
+    """Refuse a pretrained checkpoint whose tokenizer differs from this run's data."""
+    theirs = find_checkpoint(init_from).meta.get("tokenizer")
+    ours = run.store.tokenizer.to_dict()
+    if theirs is not None and theirs != ours:
+        raise CheckpointError(
+            f"init_from={init_from}: the checkpoint was trained with tokenizer "
+            f"{theirs.get('kind')} (vocab {theirs.get('vocab_size')}), but this run's data uses "
+            f"{ours.get('kind')} (vocab {ours.get('vocab_size')})"
+        )

@@ -1,0 +1,25 @@
+"""Shared test helpers: the repository root, a tiny model's overrides, and config composition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from scalelab.configs import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+
+# a model small enough to compile in a second or two, and a run of 12 steps
+TINY = [
+    "model.name=tiny", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2",
+    "model.d_ff=64", "model.lr=0.01",
+    "data.seq_len=32", "data.tokens=3072", "train.batch_size=8", "train.log_every=1",
+    "train.eval_tokens=512", "train.progress=false",
+]
+
+
+def compose_config(overrides=()):
+    """The composed `train` config with these overrides, as `scalelab-train` would build it."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))

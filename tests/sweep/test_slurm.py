@@ -1,0 +1,215 @@
+"""Sweeps on a real SLURM cluster: the single-node localhost cluster of scripts/slurm/start-slurm.sh.
+
+A session fixture starts the cluster (munge, MariaDB + slurmdbd for `sacct`, slurmctld, slurmd;
+installing the Debian packages if missing) and stops every daemon by its PID at the end. It skips
+only when it cannot run at all: not root, or apt-get cannot install the packages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+START = REPO / "scripts" / "slurm" / "start-slurm.sh"
+STOP = REPO / "scripts" / "slurm" / "stop-slurm.sh"
+SLURM_DIR = os.environ.get("SLURM_CI_DIR", "/tmp/slurm-ci")
+TRAIN = str(Path(sys.executable).parent / "scalelab-train")
+SMALL = ["data.seq_len=32", "train.batch_size=8", "train.eval_tokens=512", "train.progress=false",
+         "train.log_every=10"]
+# the IsoFLOP sweep of tests/test_sweep.py: 3 jobs (p50k @ 8e9 and 1.5e10, p150k @ 1.5e10)
+ISO = ["hydra/sweeper=isoflop", "hydra.sweeper.budgets=[8e9,1.5e10]", "hydra.sweeper.models=[p50k,p150k]",
+       "hydra.sweeper.tokens_per_param=[0.05,100]", *SMALL]
+LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=15", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=4"]
+
+
+def _daemon_pids() -> dict[str, int]:
+    pids = {}
+    for name in ("slurmd", "slurmctld", "slurmdbd", "mariadb", "munged"):
+        path = Path(SLURM_DIR) / "run" / f"{name}.pid"
+        if path.exists() and path.read_text().strip().isdigit():
+            pids[name] = int(path.read_text())
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a daemon that just exited stays a zombie until PID 1 reaps it
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(request):
+    if os.geteuid() != 0:
+        pytest.skip("the localhost SLURM cluster needs root: start-slurm.sh installs packages and starts daemons")
+    env = dict(os.environ, SLURM_CI_DIR=SLURM_DIR, WITH_DBD="1")
+    t0 = time.time()
+    started = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=900)
+    seconds = time.time() - t0
+    if started.returncode == 3:
+        pytest.skip(f"apt-get cannot install the SLURM packages here: {started.stdout[-500:]} {started.stderr[-500:]}")
+    pids = _daemon_pids()
+
+    def stop():
+        for job in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split():
+            subprocess.run(["scancel", job], capture_output=True)
+        subprocess.run(["bash", str(STOP)], env=env, capture_output=True, text=True, timeout=120)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(p) for p in pids.values()):
+            time.sleep(0.2)
+        left = {n: p for n, p in pids.items() if _alive(p)}
+        assert not left, f"daemons still running after stop-slurm.sh: {left}"
+
+    request.addfinalizer(stop)
+    assert started.returncode == 0, f"start-slurm.sh failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}"
+    assert set(pids) == {"slurmd", "slurmctld", "slurmdbd", "mariadb", "munged"}, pids
+    print(f"\nSLURM cluster started in {seconds:.1f} s", file=sys.stderr)
+    return {"node": socket.gethostname().split(".")[0], "start_seconds": seconds}
+
+
+def run_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    # one compilation cache for every run of these tests (the jobs of a sweep share it in any case)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(Path(os.environ["SCALELAB_CACHE"]).resolve() / "jax-test-cache")
+    env.update(extra)
+    return env
+
+
+def scalelab_train(*args, cwd, timeout=600) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.time()
+    r = subprocess.run([TRAIN, *args], cwd=cwd, env=run_env(), capture_output=True, text=True, timeout=timeout)
+    return r, time.time() - t0
+
+
+def array_tasks(sweep_dir: Path) -> set[str]:
+    """SLURM job ids of the jobs submitit submitted for this sweep: `7_0` for an array's tasks, `7`
+    for a single job (submitit gives each its own folder holding the job's logs)."""
+    return {p.name for p in (sweep_dir / ".submitit").iterdir()
+            if re.fullmatch(r"\d+(_\d+)?", p.name) and any(p.glob("*_log.out"))}
+
+
+def sacct(job_ids, expect: int, timeout: float = 30.0) -> dict[str, tuple[str, str]]:
+    """{job id: (state, node)}, polled until every job has a final state (sacct lags the jobs)."""
+    ids = sorted(job_ids)
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,NodeList", "-j",
+                              ",".join(sorted({i.split("_")[0] for i in ids}))],
+                             capture_output=True, text=True).stdout
+        rows = {line.split("|")[0]: tuple(line.split("|")[1:3]) for line in out.splitlines() if line.strip()}
+        done = {k: v for k, v in rows.items() if k in ids and v[0] not in ("PENDING", "RUNNING")}
+        if len(done) >= expect or time.time() > deadline:
+            return rows
+        time.sleep(1.0)
+
+
+def summaries(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/summary.json"))}
+
+
+@pytest.fixture(scope="module")
+def iso_sweep(slurm_cluster, tmp_path_factory):
+    from scalelab.data.stdlib import open_stdlib
+
+    open_stdlib(0.05)  # build the corpus before two jobs want it at once
+    root = tmp_path_factory.mktemp("slurm_iso")
+    sweep_dir = root / "iso"
+    r, seconds = scalelab_train("-m", *ISO, *LAUNCHER, f"hydra.sweep.dir={sweep_dir}", cwd=root)
+    print(f"\nIsoFLOP sweep on SLURM: {seconds:.1f} s", file=sys.stderr)
+    return {"root": root, "dir": sweep_dir, "result": r, "seconds": seconds}
+
+
+def test_isoflop_sweep_on_slurm(iso_sweep, slurm_cluster):
+    r, sweep_dir = iso_sweep["result"], iso_sweep["dir"]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    plan = json.loads((sweep_dir / "plan.json").read_text())
+    assert len(plan["jobs"]) == 3
+    tasks = array_tasks(sweep_dir)
+    assert len(tasks) == 3
+    rows = sacct(tasks, expect=3)
+    for task in tasks:
+        state, node = rows[task]
+        assert state == "COMPLETED", rows
+        assert node == slurm_cluster["node"]
+    runs = summaries(sweep_dir)
+    assert set(runs) == {j["subdir"] for j in plan["jobs"]}
+    for job in plan["jobs"]:
+        s = runs[job["subdir"]]
+        assert s["status"] == "completed"
+        assert s["budget"] == job["budget"] and s["tokens"] == job["tokens"] and s["model"] == job["model"]
+        assert abs(s["flops"] - s["budget"]) / s["budget"] <= 0.01
+    # each job ran under SLURM (srun set its environment) and shared the sweep's compilation cache
+    script = next((sweep_dir / ".submitit").glob("*/*_submission.sh")).read_text()
+    assert f"export JAX_COMPILATION_CACHE_DIR={run_env()['JAX_COMPILATION_CACHE_DIR']}" in script
+
+
+def test_relaunch_skips_completed_jobs(iso_sweep):
+    """The sweeper sees every run completed with the same config and submits nothing."""
+    sweep_dir = iso_sweep["dir"]
+    assert iso_sweep["result"].returncode == 0
+    before = {p: (p.stat().st_mtime_ns, p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+    tasks = array_tasks(sweep_dir)
+    r, seconds = scalelab_train("-m", *ISO, *LAUNCHER, f"hydra.sweep.dir={sweep_dir}", cwd=iso_sweep["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skipping 3 job(s)" in r.stdout
+    assert array_tasks(sweep_dir) == tasks  # nothing submitted
+    assert {p: (p.stat().st_mtime_ns, p.read_text()) for p in sweep_dir.glob("*/summary.json")} == before
+    assert seconds < 60, seconds
+
+
+def test_relaunch_through_slurm_trainer_skips_completed(iso_sweep):
+    """With the sweeper's own check off, the jobs run on SLURM and the trainer returns at once."""
+    sweep_dir = iso_sweep["dir"]
+    assert iso_sweep["result"].returncode == 0
+    before = {p: (p.stat().st_mtime_ns, p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+    old = array_tasks(sweep_dir)
+    r, seconds = scalelab_train("-m", *ISO, *LAUNCHER, "hydra.sweeper.skip_completed=false",
+                                f"hydra.sweep.dir={sweep_dir}", cwd=iso_sweep["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    new = array_tasks(sweep_dir) - old
+    assert len(new) == 3
+    rows = sacct(new, expect=3)
+    assert all(rows[t][0] == "COMPLETED" for t in new), rows
+    assert {p: (p.stat().st_mtime_ns, p.read_text()) for p in sweep_dir.glob("*/summary.json")} == before
+    print(f"\nrelaunch through SLURM (trainer skips): {seconds:.1f} s", file=sys.stderr)
+    # no training: each job only starts, sees its completed summary and returns
+    assert seconds < max(0.75 * iso_sweep["seconds"], 30), (seconds, iso_sweep["seconds"])
+
+
+def test_job_spanning_two_slurm_tasks(slurm_cluster, tmp_path):
+    """One job, two SLURM tasks (processes) joined into one jax.distributed run by the trainer."""
+    sweep_dir = tmp_path / "multi"
+    r, seconds = scalelab_train(
+        "-m", "hydra/launcher=slurm_multihost", "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=15",
+        "hydra.launcher.mem_gb=4", "model=p50k", "data.tokens=5120", *SMALL, f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path)
+    print(f"\n2-task job on SLURM: {seconds:.1f} s", file=sys.stderr)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    tasks = array_tasks(sweep_dir)
+    assert len(tasks) == 1
+    rows = sacct(tasks, expect=1)
+    assert rows[next(iter(tasks))][0] == "COMPLETED", rows
+    (s,) = summaries(sweep_dir).values()
+    assert s["status"] == "completed"
+    assert s["processes"] == 2 and s["devices"] == 2, (s["processes"], s["devices"])
+    assert s["steps"] == 20
+    # both tasks ran the job: submitit keeps one log per task
+    logs = sorted(p.name for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
+    assert any(n.endswith("_0_log.out") for n in logs) and any(n.endswith("_1_log.out") for n in logs), logs

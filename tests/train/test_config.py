@@ -1,0 +1,89 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from scalelab.config import ConfigError, validate
+from scalelab.model import ladder
+from scalelab.train.build import build_run
+from tests.helpers import REPO, compose_config
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.d_modle=64", "d_modle"),
+    ("train.batchsize=8", "batchsize"),
+    ("data.seq_len=long", "seq_len"),
+    ("train.batch_size=1.5", "batch_size"),
+    ("model=p9z", "p9z"),
+])
+def test_unknown_keys_and_wrong_types_fail_while_composing(override, key):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose_config([override])
+    assert key in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.d_model=0", "model.d_model"),
+    ("data.tokens=-5", "data.tokens"),
+    ("data.seq_len=0", "data.seq_len"),
+    ("train.batch_size=-8", "train.batch_size"),
+    ("data.tokens=1000", "data.tokens"),  # less than one batch of 16 x 256
+    ("train.grad_accum=3", "train.grad_accum"),
+    ("model.n_kv_heads=2", "model.n_kv_heads"),  # p50k has 3 heads
+    ("schedule=wsd schedule.decay=1.5".split()[1], "schedule.decay"),
+    ("train.precision=fp8", "train.precision"),
+    ("mesh.data=3", "mesh"),  # 3 does not match 8 devices
+    ("mesh.tensor=8", "mesh.tensor"),  # p50k's 3 heads cannot split 8 ways
+    ("model.attention=flash", "model.attention"),
+    ("model.attention=cudnn", "model.attention"),  # a GPU kernel on CPU
+    ("model.attention=splash", "model.attention"),  # a TPU kernel on CPU
+    ("train.grad_accum=-1", "train.grad_accum"),
+])
+def test_bad_values_fail_before_compilation_naming_the_key(override, key, tmp_path):
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError) as err:
+        build_run(cfg, tmp_path)
+    assert str(err.value).startswith(key)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["train.batch_size=12"], "train.batch_size"),  # 8 devices
+    (["train.batch_size=16", "train.grad_accum=4"], "train.grad_accum"),  # microbatches of 4
+])
+def test_a_batch_the_mesh_cannot_split_names_the_key(tmp_path, overrides, key):
+    cfg = compose_config(overrides + ["data.seq_len=32", "data.tokens=4096"])
+    with pytest.raises(ConfigError) as err:
+        build_run(cfg, tmp_path)
+    assert str(err.value).startswith(key)
+
+
+def test_the_default_config_builds_the_run_it_describes(tmp_path):
+    """The defaults build (pure: no files written) into p50k on the byte corpus, with whole steps."""
+    cfg = compose_config([])
+    validate(cfg)
+    run = build_run(cfg, tmp_path / "never-written")
+    assert not (tmp_path / "never-written").exists()
+    assert run.counts.params == ladder.params_of("p50k", vocab=257, seq_len=cfg.data.seq_len)
+    assert run.shape.vocab == 264 and run.shape.head_dim == cfg.model.d_model // cfg.model.n_heads
+    assert run.plan.steps == int(cfg.data.tokens) // (cfg.train.batch_size * cfg.data.seq_len)
+    assert run.schedule.total == run.plan.steps and run.schedule.peak == pytest.approx(cfg.model.lr)
+
+
+def _train_cli(tmp_path, *overrides):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-c", "from scalelab.cli.entry import train; train()", f"hydra.run.dir={run_dir}",
+           *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=120), run_dir
+
+
+@pytest.mark.parametrize("override, key", [("data.tokens=0", "data.tokens"), ("model.n_layrs=2", "n_layrs")])
+def test_cli_exits_nonzero_naming_the_key_and_leaves_no_run_files(tmp_path, override, key):
+    proc, run_dir = _train_cli(tmp_path, override)
+    assert proc.returncode != 0
+    assert key in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not run_dir.exists()

@@ -1,0 +1,98 @@
+"""Sharded training gives the losses of one device: meshes, both step implementations, grad accum."""
+
+import jax
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from scalelab.config import ConfigError, MeshConfig, OptimizerConfig, ScheduleConfig
+from scalelab.model.functional import ModelFns
+from scalelab.model.transformer import ModelSpec
+from scalelab.train import mesh as meshlib
+from scalelab.train import optim
+from scalelab.train.step import build_steps
+
+SPEC = ModelSpec.build(d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=64, vocab=264, head_dim=8)
+BATCH, SEQ, STEPS = 8, 16, 20
+RULES = OmegaConf.to_container(OmegaConf.structured(MeshConfig).rules)
+
+
+def mesh_cfg(data, fsdp, tensor):
+    return OmegaConf.create({"data": data, "fsdp": fsdp, "tensor": tensor})
+
+
+def batches():
+    rng = np.random.default_rng(0)
+    # a learnable stream (repeating pattern + noise) so that losses move a lot in 20 steps
+    base = np.tile(np.arange(SEQ + 1) * 7 % 50, (BATCH, 1))
+    return [np.where(rng.random(base.shape) < 0.1, rng.integers(0, 264, base.shape), base).astype(np.int32)
+            for _ in range(STEPS)]
+
+
+def train_losses(data, fsdp, tensor, impl="jit", grad_accum=1, devices=None, batch=BATCH, spec=SPEC):
+    mesh = meshlib.make_mesh(mesh_cfg(data, fsdp, tensor), devices)
+    schedule = optim.schedule_values(OmegaConf.structured(ScheduleConfig), 1e-2, STEPS)
+    opt = optim.make_optimizer(OmegaConf.structured(OptimizerConfig(lr=1e-2)))
+    steps = build_steps(ModelFns(spec), opt, "cosine", schedule, mesh, RULES, batch, grad_accum, impl=impl)
+    state = steps.init_state(0)
+    losses = []
+    for b in batches():
+        state, metrics = steps.train_step(state, jax.device_put(b[:batch], steps.batch_sharding))
+        losses.append(float(metrics["train_loss"]))
+    return np.array(losses), state
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return train_losses(1, 1, 1, devices=jax.devices()[:1])[0]
+
+
+@pytest.mark.parametrize("data, fsdp, tensor, impl", [
+    (8, 1, 1, "jit"), (1, 8, 1, "jit"), (2, 2, 2, "jit"), (1, 2, 4, "jit"),
+    (8, 1, 1, "shard_map"), (1, 8, 1, "shard_map"), (2, 4, 1, "shard_map"),
+])
+def test_meshes_match_one_device(reference, data, fsdp, tensor, impl):
+    losses, state = train_losses(data, fsdp, tensor, impl)
+    assert reference[-1] < reference[0] - 1.0  # the run really trains
+    np.testing.assert_allclose(losses, reference, rtol=1e-4)
+    wq = state["params"]["blocks"]["0"]["attn"]["wq"]
+    if fsdp > 1:  # FSDP really shards parameters and optimizer state
+        assert wq.sharding.shard_shape(wq.shape)[0] == SPEC.d_model // fsdp
+        mu = state["opt_state"][1][0].mu["blocks"]["0"]["attn"]["wq"]
+        assert mu.sharding.spec == wq.sharding.spec
+    if tensor > 1:
+        assert wq.sharding.shard_shape(wq.shape)[1] == SPEC.n_heads // tensor
+
+
+def test_grad_accum_matches_the_whole_batch(reference):
+    losses, _ = train_losses(8, 1, 1, grad_accum=1)
+    accumulated, _ = train_losses(2, 1, 1, grad_accum=4, devices=jax.devices()[:2])
+    np.testing.assert_allclose(accumulated, losses, rtol=1e-4)
+    np.testing.assert_allclose(accumulated, reference, rtol=1e-4)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_policies_give_the_same_losses(reference, remat):
+    spec = SPEC.replace(remat=remat)
+    losses, _ = train_losses(1, 1, 1, devices=jax.devices()[:1], spec=spec)
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg, key, words", [
+    ((3, 1, 1), "mesh", "3 devices, but 8"),
+    ((-1, -1, 1), "mesh.fsdp", "only one mesh axis"),
+    ((-1, 3, 1), "mesh.data", "cannot fill"),
+])
+def test_bad_mesh_shapes_are_named(cfg, key, words):
+    with pytest.raises(ConfigError) as err:
+        meshlib.make_mesh(mesh_cfg(*cfg))
+    assert str(err.value).startswith(key) and words in str(err.value)
+
+
+def test_indivisible_dimensions_name_the_axis():
+    with pytest.raises(ConfigError, match=r"^mesh.tensor: parameter .*heads.* split 8 ways"):
+        train_losses(1, 1, 8)  # 4 heads over 8
+    with pytest.raises(ConfigError, match=r"^train.batch_size: a batch of 4 .* 8 ways"):
+        train_losses(8, 1, 1, batch=4)
+    with pytest.raises(ConfigError, match=r"^mesh.impl"):
+        train_losses(2, 1, 4, impl="shard_map")
