@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalelab.analysis import cli, report
+from scalelab.analysis import report
+from scalelab.cli import analyze as cli
 from scalelab.analysis import synthetic as sy
 from scalelab.analysis.result import FitResult
 
