@@ -3,11 +3,18 @@
 `scalelab/configs/train.yaml` starts from the `train_schema` node below, so every key a YAML file or a
 command-line override sets is checked against these dataclasses (struct mode): an unknown key or a
 value of the wrong type fails while Hydra composes the config, before any JAX code runs.
-`validate` adds the checks a type cannot express (positive sizes, divisibility, known choices).
+Struct mode does not stop Hydra's `+key=value`, which adds a key that the schema lacks (and is
+what Hydra suggests after a typo): `check_keys` refuses every key outside the schema, with or
+without `+`, except inside the groups meant to be open (`mesh.rules`). `validate` starts with it and
+adds the checks a type cannot express (positive sizes, divisibility, known choices).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import hashlib
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,8 +127,9 @@ class DistributedConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 0  # steps; 0: only at the end
-    steps: list[int] = field(default_factory=list)  # extra steps to save at (WSD fork points); kept
-    keep: int = 2
+    # extra steps to save at (WSD fork points); each is kept whatever `keep` and `every` say
+    steps: list[int] = field(default_factory=list)
+    keep: int = 2  # the newest checkpoints kept (beside `steps`)
     async_save: bool = True
 
 
@@ -143,9 +151,17 @@ class Config:
     budget: float | None = None  # nominal compute budget (FLOPs), set by the IsoFLOP sweeper
 
 
+MAX_RUN_NAME = 160  # file systems allow 255 bytes a name
+
+
 def run_name(override_dirname: str) -> str:
-    """A run's directory name: its overrides (`model=p50k,data.tokens=1e6`), or `default`."""
-    return override_dirname.replace("/", "_") or "default"
+    """A run's directory name: its overrides (`model=p50k,data.tokens=1e6`), or `default`; a name
+    too long for a file system keeps its start and ends in a hash of the whole."""
+    name = override_dirname.replace("/", "_") or "default"
+    if len(name) <= MAX_RUN_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name[:MAX_RUN_NAME - 13]}-{digest}"
 
 
 def register_configs() -> None:
@@ -167,12 +183,35 @@ CHOICES = {
 }
 
 
+def _unknown_keys(node, schema, prefix: str = ""):
+    """(dotted key, its group's prefix, the group's keys) of every key of `node` that `schema` lacks."""
+    hints = typing.get_type_hints(schema)
+    for key in node.keys() if isinstance(node, DictConfig) else ():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            yield name, prefix, list(hints)
+            continue
+        child_type = hints[key]
+        if dataclasses.is_dataclass(child_type):  # a typed group: its keys are checked too
+            yield from _unknown_keys(node._get_node(key), child_type, name + ".")
+        # anything else (a leaf, or an open dict such as mesh.rules) takes any keys
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse a key the schema does not know (a `+key=value` override, or a YAML file's), naming it."""
+    for key, prefix, siblings in _unknown_keys(cfg, Config):
+        near = difflib.get_close_matches(key[len(prefix):], siblings, n=1, cutoff=0.6)
+        hint = f"; did you mean {prefix}{near[0]}?" if near else f"; known here: {', '.join(siblings)}"
+        raise ConfigError(key, f"unknown key (not in the config schema, scalelab/config.py){hint}")
+
+
 def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key)
 
 
 def validate(cfg: DictConfig) -> None:
     """Reject values that would fail late (or silently train the wrong thing). Raises ConfigError."""
+    check_keys(cfg)
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:

@@ -23,3 +23,22 @@ def compose_config(overrides=()):
     """The composed `train` config with these overrides, as `scalelab-train` would build it."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))
+
+
+def build_wheel(out: Path) -> Path:
+    """The package's wheel, built from a copy of the sources (setuptools writes build/ and
+    *.egg-info into the tree it builds, and the checkout is shared)."""
+    import shutil
+    import subprocess
+    import sys
+
+    source = out / "source"
+    source.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("scalelab", "hydra_plugins"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(source)], check=True, capture_output=True, timeout=300)
+    (built,) = out.glob("scalelab-*.whl")
+    return built

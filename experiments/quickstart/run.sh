@@ -3,7 +3,7 @@
 # Relaunching skips completed runs and resumes interrupted ones.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-.venv/bin/scalelab-train --config-dir experiments/quickstart --config-name study -m "$@"
+SCALELAB_HOST_DEVICES=${SCALELAB_HOST_DEVICES:-$(nproc)} .venv/bin/scalelab-train --config-dir experiments/quickstart --config-name study -m "$@"
 .venv/bin/scalelab status sweeps/quickstart
 .venv/bin/scalelab analyze report sweeps/quickstart -o sweeps/quickstart/report --bootstrap 50
 echo

@@ -12,9 +12,11 @@ All starts are run to convergence together with a vectorised L-BFGS
 L-BFGS-B at tight tolerances. The result reports the best objective and how
 many starts reached it.
 
-Compute-optimal allocation under C = k*N*D:
-    N_opt = G (C/k)^(beta/(alpha+beta)),  D_opt = (C/k) / N_opt,
-    G = (alpha*A / (beta*B))^(1/(alpha+beta)).
+Compute-optimal allocation: N_opt(C) minimises L(N, D) under the study's own
+C(N, D) = f(N)*D, with f(N) the table's flops/tokens as a smooth function of N
+(``flops_model``; ``optimum`` does the minimisation). Only under C = k*N*D
+(``k`` given) is this the closed form
+    N_opt = G (C/k)^(beta/(alpha+beta)),  G = (alpha*A / (beta*B))^(1/(alpha+beta)).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from scipy.special import logsumexp
 from .batched_lbfgs import minimize_batch
 from .conventions import base_conventions
 from .errors import AnalysisError
+from .flops_model import flops_per_token_model
+from .optimum import Allocator, allocation_laws
 from .result import FitResult
 
 MIN_RUNS = 6
@@ -132,83 +136,106 @@ def compute_optimal_coefficients(E, A, B, alpha, beta, k):
     return {"a": a, "b": b, "G": G, "H": H, "G_nd": g_nd, "frontier": {"E": E, "A": K, "gamma": gamma}}
 
 
-def flops_constant(table, k=None) -> tuple[float, str]:
-    """k in C = k*N*D: given, or the table's median flops/(params*tokens)."""
-    if k is not None:
-        return float(k), f"C = k*N*D with k = {float(k):g} (given)"
-    ratio = table["flops"] / (table["params"] * table["tokens"])
-    value = float(np.median(ratio))
-    return value, (f"C = k*N*D with k = {value:.4g}, the median flops/(params*tokens) of the table "
-                   f"(range {ratio.min():.4g} to {ratio.max():.4g})")
+def _candidates(batch, n_polish: int) -> list:
+    """The best distinct end points of the batch, within 2x of the best objective."""
+    finite = np.isfinite(batch.f)
+    order = np.argsort(np.where(finite, batch.f, np.inf))
+    candidates = []
+    worst_polished = 2.0 * batch.f[order[0]] + 1e-12   # polishing far worse basins is wasted time
+    for i in order:
+        if not finite[i] or batch.f[i] > worst_polished:
+            break
+        if any(np.max(np.abs(batch.x[i] - s)) < 1e-3 for s in candidates):
+            continue
+        candidates.append(batch.x[i])
+        if len(candidates) >= n_polish:
+            break
+    return candidates
 
 
-def fit_approach3(table, n_starts: int | None = None, starts=None, delta: float = DEFAULT_DELTA,
-                  k=None, seed: int = 0, n_polish: int = 5, best_rtol: float = 1e-4,
-                  max_iter: int = 400, **_ignored) -> FitResult:
-    """Fit L(N, D) on the runs of ``table`` (validated) and derive the compute-optimal allocation.
+def best_fit(objective: HuberLogObjective, initial, n_polish: int, max_iter: int):
+    """(theta, objective, converged, message, batch) of the best start after polishing."""
+    batch = minimize_batch(objective, initial, max_iter=max_iter, ftol=1e-13)
+    if not np.isfinite(batch.f).any():
+        return None, np.inf, False, "the objective was not finite at any start", batch
+    best = None
+    for point in _candidates(batch, n_polish):
+        x, f, ok, message = polish(objective, point)
+        if best is None or (ok and not best[2]) or (ok == best[2] and f < best[1]):
+            best = (x, f, ok, message)
+    return (*best, batch)
 
-    ``starts`` (rows of a, b, e, alpha, beta) overrides the grid; ``n_starts``
-    sizes the grid (default 4500). A start "reached the best" when its end
-    objective is within ``best_rtol`` (relative) of the best.
-    """
+
+def _check_input(table) -> None:
     n = len(table)
     distinct_n, distinct_d = table["params"].nunique(), table["tokens"].nunique()
     if n < MIN_RUNS or distinct_n < 2 or distinct_d < 2:
         raise AnalysisError(
             f"approach 3 fits 5 parameters and needs at least {MIN_RUNS} runs with at least 2 distinct "
             f"params and 2 distinct tokens values; got {n} runs ({distinct_n} params, {distinct_d} tokens values)")
+
+
+def fit_approach3(table, n_starts: int | None = None, starts=None, delta: float = DEFAULT_DELTA,
+                  k=None, seed: int = 0, n_polish: int = 5, best_rtol: float = 1e-4,
+                  max_iter: int = 400, flops_range=None, fpt=None, **_ignored) -> FitResult:
+    """Fit L(N, D) on the runs of ``table`` (validated) and derive the compute-optimal allocation.
+
+    ``starts`` (rows of a, b, e, alpha, beta) overrides the grid; ``n_starts``
+    sizes the grid (default 4500). A start "reached the best" when its end
+    objective is within ``best_rtol`` (relative) of the best. The allocation
+    uses the study's C(N, D) = f(N)*D (``fpt``, default measured from the table;
+    ``k`` given: C = k*N*D); a and b are
+    fitted over ``flops_range`` (default: the table's FLOP range).
+    """
+    _check_input(table)
+    n = len(table)
     objective = HuberLogObjective(table["params"], table["tokens"], table["loss"], delta)
     initial = start_grid(n_starts, seed) if starts is None else np.atleast_2d(np.asarray(starts, dtype=float))
-    batch = minimize_batch(objective, initial, max_iter=max_iter, ftol=1e-13)
-    finite = np.isfinite(batch.f)
-    if not finite.any():
-        return FitResult(approach="3", converged=False, n_runs=n,
-                         message="approach 3: the objective was not finite at any start")
-    order = np.argsort(np.where(finite, batch.f, np.inf))
-    candidates, seen = [], []
-    worst_polished = 2.0 * batch.f[order[0]] + 1e-12   # polishing far worse basins is wasted time
-    for i in order:
-        if not finite[i] or batch.f[i] > worst_polished:
-            break
-        point = batch.x[i]
-        if any(np.max(np.abs(point - s)) < 1e-3 for s in seen):
-            continue
-        seen.append(point)
-        candidates.append(point)
-        if len(candidates) >= n_polish:
-            break
-    best = None
-    for point in candidates:
-        x, f, ok, message = polish(objective, point)
-        if best is None or (ok and not best[2]) or (ok == best[2] and f < best[1]):
-            best = (x, f, ok, message)
-    theta, f_best, converged, message = best
+    theta, f_best, converged, message, batch = best_fit(objective, initial, n_polish, max_iter)
+    if theta is None:
+        return FitResult(approach="3", converged=False, n_runs=n, message=f"approach 3: {message}")
     reached = batch.f <= f_best + best_rtol * abs(f_best) + 1e-15
     a_log, b_log, e_log, alpha, beta = (float(v) for v in theta)
-    E, A, B = float(np.exp(e_log)), float(np.exp(a_log)), float(np.exp(b_log))
-    kval, k_note = flops_constant(table, k)
+    params = {"E": float(np.exp(e_log)), "A": float(np.exp(a_log)), "B": float(np.exp(b_log)),
+              "alpha": alpha, "beta": beta}
+    fpt = flops_per_token_model(table, k) if k is not None or fpt is None else fpt
     conventions = base_conventions()
-    conventions["C = kND"] = k_note
+    conventions["C(N, D)"] = fpt.describe()
     details = {
         "objective": f_best, "objective_form": "sum of Huber losses of log residuals (log-sum-exp form)",
         "huber_delta": delta, "n_starts": int(len(initial)), "n_reached_best": int(reached.sum()),
         "best_tolerance": f"objective within {best_rtol:g} (relative) of the best",
         "batch_iterations": batch.iterations, "batch_converged_starts": int(batch.converged.sum()),
-        "polish": message, "k": kval, "log_params": dict(zip(PARAM_ORDER, map(float, theta), strict=True)),
+        "polish": message, "log_params": dict(zip(PARAM_ORDER, map(float, theta), strict=True)),
+        "flops_per_token": fpt.to_dict(), "loss_min": float(table["loss"].min()),
+        "k": float(k) if k is not None else float(np.median(table["flops"] / (table["params"] * table["tokens"]))),
+        "k_note": "k = flops/(N*D): given, or the table's median for reference; the allocation uses C(N, D)",
     }
-    result = FitResult(approach="3", converged=converged, n_runs=n,
-                       params={"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta},
+    result = FitResult(approach="3", converged=converged, n_runs=n, params=params,
                        conventions=conventions, details=details)
     if not converged:
         result.message = f"approach 3: L-BFGS-B did not converge from the best starts ({message})"
         return result
-    if not (alpha > 1e-6 and beta > 1e-6 and np.isfinite([E, A, B]).all()):
+    if not (alpha > 1e-6 and beta > 1e-6 and np.isfinite(list(params.values())).all()):
         result.converged = False
         result.message = (f"approach 3: the best fit is degenerate (alpha = {alpha:.3g}, beta = {beta:.3g}); "
                           "no compute-optimal allocation follows from it")
         return result
-    opt = compute_optimal_coefficients(E, A, B, alpha, beta, kval)
-    result.a, result.b, result.G, result.H = opt["a"], opt["b"], opt["G"], opt["H"]
-    result.frontier = opt["frontier"]
-    result.details["G_nd"] = opt["G_nd"]
+    _allocate(result, fpt, flops_range or (table["flops"].min(), table["flops"].max()))
     return result
+
+
+def _allocate(result: FitResult, fpt, flops_range) -> None:
+    """Exponents, frontier and the exact allocator of a converged approach-3 fit."""
+    p = result.params
+    laws = allocation_laws(p, fpt, flops_range)
+    result.a, result.b, result.G, result.H = laws["a"], laws["b"], laws["G"], laws["H"]
+    result.frontier = laws["frontier"]
+    result.allocate = Allocator(p, fpt)
+    result.details.update({
+        "allocation_range": laws["flops_range"], "interior_optimum": laws["interior"],
+        "a_under_constant_k": p["beta"] / (p["alpha"] + p["beta"]),
+        "exponents_note": ("a, b: slopes of log N_opt, log D_opt vs log C over the allocation range, with "
+                           "N_opt minimising L(N, C/f(N)) exactly; frontier: E + K*C^-gamma fitted to the "
+                           "loss along that optimal allocation"),
+    })

@@ -5,6 +5,13 @@ recognised by its ``summary.json``. The sweep name is the name of the top
 directory given. Runs that did not complete (failed, diverged, preempted,
 running) or have no final eval loss are excluded with one warning that counts
 them by status.
+
+Beside N, D, C and the loss, the table has what a study filters and groups
+runs by: the short-name columns of ``STUDY_COLUMNS`` (``lr``, ``seed``, ...),
+``mfu``, ``wall_seconds`` and ``packed_with`` (the size of the run's packed
+group) when the summaries have them, and one column per hyperparameter that
+varies between the collected runs, named by its dotted config key
+(``optimizer.weight_decay``, ``model.d_model``, ...).
 """
 
 from __future__ import annotations
@@ -28,6 +35,14 @@ UNREADABLE_STATUS = "unreadable"
 
 RUN_COLUMNS = ("sweep", "run_dir", "status", "model", "params", "params_total", "tokens",
                "flops", "flops_per_token", "budget", "loss", "bpb")
+# the hyperparameters every scaling study filters on, by short name, and the config key of each
+STUDY_COLUMNS = {"lr": "optimizer.lr", "seed": "train.seed", "batch_size": "train.batch_size",
+                 "seq_len": "data.seq_len", "schedule": "schedule.name", "warmup": "schedule.warmup"}
+# run facts copied from summary.json when present (packed_with becomes its group's size)
+SUMMARY_COLUMNS = ("mfu", "wall_seconds", "packed_with")
+# config keys the table already has under another name
+COVERED_KEYS = frozenset({"model.name", "data.tokens", "budget", *STUDY_COLUMNS.values()})
+CONFIG = "_config"   # a row's flattened config while collecting; not a column of the result
 
 
 def _number(value) -> float:
@@ -38,6 +53,20 @@ def _number(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def flatten_config(config, prefix: str = "") -> dict:
+    """{'optimizer.lr': 0.01, ...} from a nested config; lists become JSON text (comparable, writable)."""
+    flat = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
 
 
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
@@ -75,6 +104,12 @@ def read_summary_row(run_dir: Path, sweep: str) -> dict:
         loss=_number(summary.get("final_eval_loss")),
         bpb=_number(summary.get("final_eval_bpb")),
     )
+    for column in SUMMARY_COLUMNS:
+        if column in summary:
+            value = summary[column]
+            row[column] = len(value) if isinstance(value, list) else _number(value)
+    config = summary.get("config")
+    row[CONFIG] = flatten_config(config) if isinstance(config, dict) else {}
     usable = all(np.isfinite(row[k]) and row[k] > 0 for k in ("params", "tokens", "flops", "loss"))
     if status == INCLUDED_STATUS and not usable:
         row["status"] = NO_LOSS_STATUS
@@ -138,6 +173,8 @@ def collect(dirs, keep_excluded: bool = False, curves: bool = True) -> pd.DataFr
             table[column] = math.nan
     extra = [c for c in table.columns if c not in RUN_COLUMNS]
     table = table[list(RUN_COLUMNS) + extra]
+    if CONFIG not in table.columns:  # only unreadable summaries
+        table[CONFIG] = [{} for _ in range(len(table))]
     counts = table["status"].value_counts().to_dict()
     included = table["status"] == INCLUDED_STATUS
     if not included.all():
@@ -147,10 +184,39 @@ def collect(dirs, keep_excluded: bool = False, curves: bool = True) -> pd.DataFr
     if not included.any():
         raise AnalysisError(f"collect: none of the {len(table)} runs completed with a final eval loss "
                             f"({', '.join(f'{n} {s}' for s, n in counts.items())})")
-    out = (table if keep_excluded else table[included]).reset_index(drop=True)
+    out = add_config_columns((table if keep_excluded else table[included]).reset_index(drop=True))
     out.attrs["run_counts"] = {str(k): int(v) for k, v in counts.items()}
     if curves:
         out.attrs["curves"] = collect_curves(out.loc[out["status"] == INCLUDED_STATUS, "run_dir"])
+    return out
+
+
+def _varying_keys(configs: list[dict]) -> list[str]:
+    """Config keys whose value is not the same in every run that recorded a config (a key some of
+    them lack varies; a summary without any config, an old or hand-made one, says nothing)."""
+    configs = [c for c in configs if c]
+    keys = sorted(set().union(*configs)) if configs else []
+    absent = "\0absent"
+    return [key for key in keys
+            if len({json.dumps(c.get(key, absent), sort_keys=True, default=repr) for c in configs}) > 1]
+
+
+def add_config_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Replace the rows' flattened configs by columns: RUN_COLUMNS, the STUDY_COLUMNS by short name
+    (when some run has the key), the SUMMARY_COLUMNS, then every other config key that varies
+    between these runs by its dotted name, then anything else (an unreadable run's error)."""
+    configs = [c if isinstance(c, dict) else {} for c in table.pop(CONFIG)]
+    study = {short: [c.get(key) for c in configs] for short, key in STUDY_COLUMNS.items()
+             if any(key in c for c in configs)}
+    varying = {key: [c.get(key) for c in configs] for key in _varying_keys(configs)
+               if key not in COVERED_KEYS and key not in table.columns and key not in study}
+    parts = [table[[c for c in RUN_COLUMNS if c in table.columns]],
+             pd.DataFrame(study, index=table.index),
+             table[[c for c in SUMMARY_COLUMNS if c in table.columns]],
+             pd.DataFrame(varying, index=table.index),
+             table[[c for c in table.columns if c not in RUN_COLUMNS and c not in SUMMARY_COLUMNS]]]
+    out = pd.concat(parts, axis=1)
+    out.attrs = dict(table.attrs)
     return out
 
 

@@ -1,4 +1,9 @@
-"""``fit``: one entry point for every approach, with allocation, hold-out and bootstrap."""
+"""``fit``: one entry point for every approach, with allocation, hold-out, bootstrap and status.
+
+Every approach sees the same N (``params``) and C (``flops``): approaches 2 and
+3 get the study's FLOPs-per-token model f(N), measured once from the whole
+table, so that D_opt = C / f(N_opt) everywhere.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,17 @@ import numpy as np
 import pandas as pd
 
 from .approach1 import fit_approach1
-from .approach2 import fit_approach2
+from .approach2 import DEFAULT_WINDOW, fit_approach2, parabola_residuals
 from .approach3 import fit_approach3, start_grid
-from .bootstrap import intervals, percentile_interval, run_bootstrap
-from .budgets import default_budgets, parse_budgets
+from .bootstrap import bca_interval, intervals, run_bootstrap, run_jackknife
+from .budgets import DEFAULT_TOLERANCE, assign_budgets, default_budgets, parse_budgets
 from .errors import AnalysisError, AnalysisWarning
+from .flops_model import flops_per_token_model
 from .kaplan import fit_kaplan
 from .result import FitResult
 from .table import load_table, split_curves
 from .threads import blas_single_threaded
+from .verdict import mark
 
 FITTERS = {"kaplan": fit_kaplan, "1": fit_approach1, "2": fit_approach2, "3": fit_approach3}
 OPTIONS = {
@@ -25,6 +32,7 @@ OPTIONS = {
     "1": {"n_grid", "loss_column", "smooth"},
     "kaplan": set(),
 }
+INTERNAL = {"2": {"fpt"}, "3": {"fpt", "flops_range"}}   # passed by fit itself, not by users
 DEFAULT_BOOTSTRAP_STARTS = 32
 
 
@@ -59,9 +67,28 @@ def split_holdout(table: pd.DataFrame, holdout_top: int):
     return table.drop(index=held.index), held
 
 
+def split_largest_budget(table: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE):
+    """(runs of every other budget, the best (lowest-loss) run of the largest budget, info).
+
+    Budgets come from the ``budget`` column or from grouping runs by FLOPs.
+    """
+    budget, source = assign_budgets(table, tolerance)
+    values = budget.dropna().unique()
+    if len(values) < 2:
+        raise AnalysisError(f"the held-out check needs at least 2 budgets, found {len(values)} ({source})")
+    largest = float(values.max())
+    members = budget.to_numpy(dtype=float) == largest
+    held = table[members]
+    best = held.loc[[held["loss"].idxmin()]]
+    info = {"kind": "largest budget", "budget": largest, "n_held_out": int(members.sum()),
+            "predicted_run": "the lowest-loss run of the largest budget", "budgets_from": source}
+    return table[~members], best, info
+
+
 def _fit_once(approach, table, curves, seed, options) -> FitResult:
     fitter = FITTERS[approach]
-    kwargs = {k: v for k, v in options.items() if k in OPTIONS[approach] and k != "bootstrap_starts"}
+    kwargs = {k: v for k, v in options.items() if k in OPTIONS[approach] | INTERNAL.get(approach, set())
+              and k != "bootstrap_starts"}
     if approach == "1":
         kwargs["curves"] = curves
     if approach == "3":
@@ -80,62 +107,127 @@ def allocation_rows(result: FitResult, budgets) -> list[dict]:
 
 
 def holdout_rows(result: FitResult, held: pd.DataFrame) -> list[dict]:
-    """Predicted vs actual loss for each held-out run."""
+    """Predicted vs actual loss for each held-out run.
+
+    Approach 3 predicts the run itself, L(N, D); the others predict the
+    compute-optimal loss L(C) at its C (``frontier_predicted`` for approach 3).
+    """
     predicted = np.atleast_1d(result.predict_loss(held["params"], held["tokens"], held["flops"]))
+    frontier = np.atleast_1d(result.loss_opt(held["flops"].to_numpy(dtype=float)))
     rows = []
-    for (_, run), pred in zip(held.iterrows(), predicted, strict=True):
+    for (_, run), pred, front in zip(held.iterrows(), predicted, frontier, strict=True):
         row = {k: run[k] for k in ("model", "run_dir") if k in held.columns and isinstance(run[k], str)}
         row.update(params=float(run["params"]), tokens=float(run["tokens"]), flops=float(run["flops"]),
                    loss=float(run["loss"]), predicted=float(pred),
-                   rel_error=float((pred - run["loss"]) / run["loss"]))
+                   rel_error=float((pred - run["loss"]) / run["loss"]),
+                   predicts="L(N, D) of the run" if result.approach == "3" else "frontier L(C) at its C")
+        if result.approach == "3":
+            row.update(frontier_predicted=float(front), frontier_rel_error=float((front - run["loss"]) / run["loss"]))
         rows.append(row)
     return rows
 
 
-def _bootstrap(result, approach, table, curves, resamples, seed, options, budgets) -> None:
-    if approach == "3":
-        best = np.array([result.details["log_params"][k] for k in ("a", "b", "e", "alpha", "beta")])
-        n_extra = int(options.get("bootstrap_starts", DEFAULT_BOOTSTRAP_STARTS))
+def _fit_function(approach, result, curves, seed, options):
+    """fit_once(sample, i) for the bootstrap and the jackknife."""
+    if approach != "3":
+        return lambda sample, i: _fit_once(approach, sample, curves, seed, options)
+    best = np.array([result.details["log_params"][k] for k in ("a", "b", "e", "alpha", "beta")])
+    n_extra = int(options.get("bootstrap_starts", DEFAULT_BOOTSTRAP_STARTS))
+    flops_range = result.details.get("allocation_range")
 
-        def fit_once(sample, i):
-            starts = np.vstack([best, start_grid(n_extra, seed + 1 + i)]) if n_extra else best[None, :]
-            opts = dict(options, starts=starts)
-            opts.setdefault("max_iter", 200)   # the full-data best start converges well within this
-            return _fit_once(approach, sample, curves, seed, opts)
-    else:
-        def fit_once(sample, i):
-            return _fit_once(approach, sample, curves, seed, options)
+    def fit_once(sample, i):
+        starts = np.vstack([best, start_grid(n_extra, seed + 1 + i)]) if n_extra else best[None, :]
+        opts = dict(options, starts=starts, flops_range=flops_range)
+        opts.setdefault("max_iter", 200)   # the full-data best start converges well within this
+        return _fit_once(approach, sample, curves, seed, opts)
+    return fit_once
 
-    fits, info = run_bootstrap(fit_once, table, resamples, seed)
+
+def _resampler(approach, table, options):
+    """(resampler or None for runs with replacement, method description).
+
+    Approach 2 resamples residuals: each resample is every budget's fitted
+    parabola at the runs it was fitted to, times (1 + a residual drawn from the
+    pooled residuals). Runs outside the parabolas' windows are left out of the
+    resamples: given their observed losses next to smoothed ones, the refit
+    would pick other windows and shift every vertex by the parabolas' bias.
+    """
+    if approach != "2":
+        return None, "runs resampled with replacement"
+    smooth, mask, residuals, dof = parabola_residuals(
+        table, options.get("tolerance", DEFAULT_TOLERANCE), options.get("window", DEFAULT_WINDOW))
+    if dof == 0:
+        return None, "runs resampled with replacement (no parabola has residual degrees of freedom)"
+
+    def resample(sample, rng):
+        out = sample[mask].copy()
+        out["loss"] = smooth[mask] * (1.0 + rng.choice(residuals, size=int(mask.sum()), replace=True))
+        return out
+    return resample, (f"residual bootstrap within budgets: each used budget's parabola at the runs it was "
+                      f"fitted to, plus relative residuals drawn from the {len(residuals)} pooled residuals "
+                      f"({dof} degrees of freedom), so every resample keeps the sizes each parabola was fitted to")
+
+
+def _bootstrap(result, approach, table, curves, resamples, seed, options) -> None:
+    fit_once = _fit_function(approach, result, curves, seed, options)
+    resampler, method = _resampler(approach, table, options)
+    fits, info = run_bootstrap(fit_once, table, resamples, seed, resampler, method)
+    jackknife = run_jackknife(fit_once, table, seed) if fits else []
     if approach == "3":
-        info["starts_per_resample"] = f"the full-data best plus {options.get('bootstrap_starts', DEFAULT_BOOTSTRAP_STARTS)} grid starts"
-    result.bootstrap = info
+        extra = options.get("bootstrap_starts", DEFAULT_BOOTSTRAP_STARTS)
+        info["starts_per_resample"] = f"the full-data best plus {extra} grid starts"
+    info["jackknife_fits"] = len(jackknife)
     result.samples = [f.summary() for f in fits]
-    result.ci = intervals(result.samples)
+    result.ci, methods = intervals(result.samples, result.summary(), [j.summary() for j in jackknife])
+    info["interval_method"] = _method_summary(methods)
+    result.bootstrap = info
     for row in result.allocation:
         c = row["budget"]
-        for key, values in (("N_opt", [f.n_opt(c) for f in fits]), ("D_opt", [f.d_opt(c) for f in fits]),
-                            ("loss_opt", [f.loss_opt(c) for f in fits])):
-            row[f"{key}_ci"] = percentile_interval(values)
-        row["tokens_per_param_ci"] = percentile_interval([f.d_opt(c) / f.n_opt(c) for f in fits])
+        for key in ("N_opt", "D_opt", "loss_opt", "tokens_per_param"):
+            row[f"{key}_ci"], _ = bca_interval([_allocation_value(f, key, c) for f in fits], row[key],
+                                               [_allocation_value(j, key, c) for j in jackknife])
     if info["failed"]:
         warnings.warn(f"bootstrap: {info['failed']} of {resamples} resamples failed to fit "
                       f"({'; '.join(info['failure_reasons'])})", AnalysisWarning, stacklevel=3)
 
 
+def _allocation_value(result: FitResult, key: str, flops: float) -> float:
+    if key == "tokens_per_param":
+        return float(result.d_opt(flops) / result.n_opt(flops))
+    return float({"N_opt": result.n_opt, "D_opt": result.d_opt, "loss_opt": result.loss_opt}[key](flops))
+
+
+def _method_summary(methods: dict) -> dict:
+    """The interval method of a and b (and any other key that fell back from BCa)."""
+    main = {k: methods[k] for k in ("a", "b") if k in methods}
+    fallbacks = {k: m for k, m in methods.items() if m != "BCa" and k not in main}
+    return {"level": 0.95, "a_b": main, "fallbacks": fallbacks,
+            "rule": "BCa with grouped delete-one jackknife acceleration; percentile where BCa is undefined"}
+
+
+def _split(table, holdout_top: int, holdout_budget: bool, options):
+    if holdout_budget:
+        return split_largest_budget(table, options.get("tolerance", DEFAULT_TOLERANCE))
+    train, held = split_holdout(table, int(holdout_top or 0))
+    info = {"kind": "largest-compute runs", "n_held_out": len(held)} if len(held) else {}
+    return train, held, info
+
+
 @blas_single_threaded
 def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, holdout_top: int = 0,
-        curves=None, **options) -> FitResult:
+        curves=None, holdout_budget: bool = False, **options) -> FitResult:
     """Fit a scaling law to a runs table (path or DataFrame).
 
     approach: 'kaplan', '1' (training-curve envelope), '2' (IsoFLOP parabolas) or
-    '3' (parametric L(N, D)). bootstrap: number of resamples for 95% intervals.
+    '3' (parametric L(N, D)). bootstrap: number of resamples for 95% BCa intervals.
     budgets: FLOP budgets for the allocation table (default: the table's budgets or a
-    decade grid). holdout_top: fit without the K largest-compute runs and predict them.
+    decade grid). holdout_top: fit without the K largest-compute runs and predict them;
+    holdout_budget: fit without the largest budget and predict its best run.
     Options: approach 3: n_starts, starts, delta, k, n_polish, best_rtol, max_iter,
     bootstrap_starts; approach 2: tolerance, window; approach 1: n_grid, loss_column, smooth.
     Raises AnalysisError for bad or insufficient input; a fit that does not converge
-    returns converged=False with the reason in ``message``.
+    returns converged=False with the reason in ``message``. ``status`` says whether
+    the fit is determined (``reason`` says why not).
     """
     approach = normalize_approach(approach)
     _check_options(approach, options)
@@ -143,26 +235,43 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
         raise AnalysisError(f"bootstrap must be 0 or a positive number of resamples, got {bootstrap}")
     table, curves = split_curves(load_table(table), curves)
     budgets = parse_budgets(budgets) or default_budgets(table)
-    train, held = split_holdout(table, int(holdout_top or 0))
+    train, held, held_info = _split(table, holdout_top, holdout_budget, options)
+    options = _shared_c(approach, table, options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            result = _fit_once(approach, train, curves, seed, options)
-        except AnalysisError as exc:
-            if len(held):
-                raise AnalysisError(f"after holding out the {len(held)} largest-compute runs: {exc}") from exc
-            raise
+        result = _fit_train(approach, train, curves, seed, options, held)
         if result.converged:
             result.allocation = allocation_rows(result, budgets)
             if len(held):
                 result.holdout = holdout_rows(result, held)
+                result.details["holdout"] = held_info
                 if approach != "3":
                     result.details["holdout_note"] = (
                         "predictions use the compute-optimal frontier L(C): a held-out run that is not "
                         "compute-optimal is expected to lie above it")
             if bootstrap:
-                _bootstrap(result, approach, train, curves, int(bootstrap), seed, options, budgets)
+                _bootstrap(result, approach, train, curves, int(bootstrap), seed, options)
+    mark(result)
     result.warnings = [str(w.message) for w in caught]
     for w in caught:   # pass them on to the caller as well
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return result
+
+
+def _shared_c(approach: str, table: pd.DataFrame, options: dict) -> dict:
+    """Options plus the whole study's f(N) and FLOP range, so every fit and resample counts C alike."""
+    if approach not in ("2", "3") or options.get("k") is not None:
+        return options
+    shared = dict(options, fpt=flops_per_token_model(table))
+    if approach == "3":
+        shared["flops_range"] = (float(table["flops"].min()), float(table["flops"].max()))
+    return shared
+
+
+def _fit_train(approach, train, curves, seed, options, held) -> FitResult:
+    try:
+        return _fit_once(approach, train, curves, seed, options)
+    except AnalysisError as exc:
+        if len(held):
+            raise AnalysisError(f"after holding out {len(held)} run(s) of the largest compute: {exc}") from exc
+        raise

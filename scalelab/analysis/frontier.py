@@ -22,7 +22,10 @@ def fit_frontier(flops, loss, what: str) -> tuple[dict | None, str]:
     if distinct >= 3:
         law = fit_saturating_law(flops, loss, f"{what} frontier L(C)")
         if law.converged:
-            return {"E": law.E, "A": law.A, "gamma": law.gamma}, "E + A*C^-gamma through the minima"
+            note = "E + A*C^-gamma through the minima"
+            if law.at_bound:
+                note += f" (at a bound of the optimiser: {', '.join(law.at_bound)})"
+            return {"E": law.E, "A": law.A, "gamma": law.gamma}, note
         note = f"the frontier fit did not converge ({law.message})"
     elif distinct == 2:
         law = fit_power_law(flops, loss, f"{what} frontier L(C)")

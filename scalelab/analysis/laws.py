@@ -47,6 +47,7 @@ class SaturatingLaw:
     gamma: float
     converged: bool = True
     message: str = ""
+    at_bound: tuple = ()   # names of parameters the optimiser left at a bound
 
     def __call__(self, x):
         return self.E + self.A * np.asarray(x, dtype=float) ** (-self.gamma)
@@ -85,6 +86,22 @@ def _profile_starts(u, y, y_min, n_grid: int = 40, keep: int = 2):
     return chosen
 
 
+BOUNDS = ((0.0, 0.999999), (-50.0, 50.0), (1e-6, 20.0))
+BOUND_NAMES = (("E at 0", "E at the lowest loss"), ("A at its lower bound", "A at its upper bound"),
+               ("gamma at 0", "gamma at its upper bound 20"))
+
+
+def _at_bound(theta, rtol: float = 1e-6) -> tuple:
+    names = []
+    for value, (low, high), (low_name, high_name) in zip(theta, BOUNDS, BOUND_NAMES, strict=True):
+        span = (high - low) * rtol
+        if value <= low + span:
+            names.append(low_name)
+        elif value >= high - span:
+            names.append(high_name)
+    return tuple(names)
+
+
 def fit_saturating_law(x, y, what: str = "law", min_points: int = 3) -> SaturatingLaw:
     """Fit y = E + A x^-gamma (E >= 0, gamma > 0) minimising squared log residuals.
 
@@ -121,7 +138,7 @@ def fit_saturating_law(x, y, what: str = "law", min_points: int = 3) -> Saturati
         try:
             with np.errstate(all="ignore"):
                 res = least_squares(residuals, start, jac=jacobian,
-                                    bounds=([0.0, -50.0, 1e-6], [0.999999, 50.0, 20.0]),
+                                    bounds=tuple(zip(*BOUNDS, strict=True)),
                                     xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
         except (ValueError, FloatingPointError):
             continue
@@ -133,7 +150,7 @@ def fit_saturating_law(x, y, what: str = "law", min_points: int = 3) -> Saturati
     e_frac, log_a, gamma = best.x
     A = float(np.exp(log_a + gamma * log_ref))
     law = SaturatingLaw(E=float(y_min * e_frac), A=A, gamma=float(gamma),
-                        converged=bool(best.status > 0 and np.isfinite(A)))
+                        converged=bool(best.status > 0 and np.isfinite(A)), at_bound=_at_bound(best.x))
     if not law.converged:
         law.message = f"{what}: {best.message}"
     return law

@@ -95,6 +95,8 @@ def fit_text(result: FitResult) -> str:
     if not result.converged:
         lines.append(f"  FIT DID NOT CONVERGE: {result.message}")
         return "\n".join(lines)
+    if result.status and result.status != "determined":
+        lines.append(f"  NOT DETERMINED: {result.reason} (the numbers below are diagnostics, not results)")
     for name, value in result.params.items():
         shown = (exponent_ci if is_exponent(name) else with_ci)(value, result.ci.get(name))
         lines.append(f"  {name:<8} = {shown}")
@@ -120,7 +122,8 @@ def fit_text(result: FitResult) -> str:
                          f"{row['loss']:.4f} -> {row['predicted']:.4f} ({100 * row['rel_error']:+.2f}%)")
     if result.bootstrap:
         b = result.bootstrap
-        lines.append(f"  bootstrap: {b['succeeded']} of {b['requested']} resamples fitted ({b['failed']} failed)")
+        lines.append(f"  bootstrap: {b['succeeded']} of {b['requested']} resamples fitted ({b['failed']} failed); "
+                     f"{b['method']}")
     for key, value in result.conventions.items():
         lines.append(f"  convention {key}: {value}")
     return "\n".join(lines)

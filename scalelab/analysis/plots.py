@@ -1,8 +1,9 @@
-"""Figures for the report (matplotlib, Agg canvas, PNG and SVG).
+"""Figures for the report (matplotlib, Agg canvas, PNG, SVG and PDF).
 
 Figures are built on ``matplotlib.figure.Figure`` directly, so nothing here
 touches pyplot's global state or the user's backend. Every function returns a
-Figure; ``save`` writes it as ``<name>.png`` and ``<name>.svg``.
+Figure; ``save`` writes it as ``<name>.png``, ``<name>.svg`` and ``<name>.pdf`` (the PDF for a
+paper's LaTeX).
 """
 
 from __future__ import annotations
@@ -105,12 +106,13 @@ def _power_of_ten(value, _pos=None) -> str:
 
 
 def save(fig: Figure, out_dir, name: str) -> list[Path]:
-    """Write ``name``.png (200 dpi) and ``name``.svg into ``out_dir``."""
+    """Write ``name``.png (200 dpi), ``name``.svg and ``name``.pdf into ``out_dir``; the PNG first."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg", out_dir / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=200)
-    fig.savefig(paths[1])
+    for path in paths[1:]:
+        fig.savefig(path)
     return paths
 
 
@@ -137,6 +139,10 @@ def _fmt_ci(value, ci) -> str:
     return f"{value:.3f}"
 
 
+def _undetermined(result: FitResult) -> str:
+    return " (not determined)" if result.status and result.status != "determined" else ""
+
+
 @styled
 def loss_vs_compute(table: pd.DataFrame, fits: dict, frontier_runs: pd.DataFrame | None = None) -> Figure:
     """All runs (coloured by N), the loss-vs-FLOPs frontier, and each fit's L(C) law."""
@@ -152,7 +158,7 @@ def loss_vs_compute(table: pd.DataFrame, fits: dict, frontier_runs: pd.DataFrame
         if result is None or not result.converged or not result.frontier:
             continue
         f = result.frontier
-        label = (f"{APPROACH_LABELS[approach]}: L(C) = {f['E']:.3g} + {f['A']:.3g}"
+        label = (f"{APPROACH_LABELS[approach]}{_undetermined(result)}: L(C) = {f['E']:.3g} + {f['A']:.3g}"
                  f"$\\cdot$C$^{{-{f['gamma']:.3f}}}$")
         ax.plot(grid, result.loss_opt(grid), color=APPROACH_COLORS[approach], linewidth=1.4, label=label)
     _log_axis(ax.xaxis)
@@ -223,7 +229,7 @@ def optimal_allocation(fits: dict, flops_range) -> Figure:
             if pts is not None:
                 ax.plot(pts["flops"], pts[f"{which}_opt"], "o", color=color, markersize=3.5, alpha=0.7)
             ci = result.ci.get("a" if which == "N" else "b")
-            label = f"{APPROACH_LABELS[approach]}: exponent {_fmt_ci(expo, ci)}"
+            label = f"{APPROACH_LABELS[approach]}{_undetermined(result)}: exponent {_fmt_ci(expo, ci)}"
             ax.plot(grid, coef * grid ** expo, "-", color=color, linewidth=1.4, label=label)
             band = _power_band(result, grid, which)
             if band is not None:

@@ -2,14 +2,19 @@
 
 One input is one study. Several inputs are separate studies compared with the
 first (``pool=True`` pools them into one study instead). Each approach is fitted
-on all runs (with bootstrap intervals) and once more without the largest-compute
-runs to measure prediction error. What cannot be fitted or drawn is listed with
-the reason.
+on all runs (with bootstrap intervals) and once more without the largest budget
+to predict that budget's best run. Each fit is marked determined or not (with
+the reason), and report.md opens with the verdict (``agreement``). Files:
+report.md, fits.json (per study and approach: the fit, its status and hold-out
+rows; approaches that could not be fitted appear with their reason),
+verdict.json (``verdict.read_verdict``), runs.csv (the runs the fits used, with
+the hyperparameter columns of ``collect``, to filter and plot further) and the
+figures as PNG, SVG and PDF. What cannot be fitted or drawn is listed with the
+reason.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 import warnings
@@ -19,35 +24,21 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots
+from .agreement import build_verdict
 from .budgets import default_budgets, parse_budgets
 from .compare import CompareResult, compare_fits
 from .errors import AnalysisError
 from .fitting import fit
 from .inputs import load_many
 from .kaplan import frontier_runs
-from .markdown import allocation_table, exponent_ci, holdout_table, num, parameters_table, table, with_ci
-from .result import APPROACH_NAMES, FitResult, json_safe
-from .table import INCLUDED_STATUS, split_curves
+from .report_markdown import render
+from .result import json_safe
+from .table import INCLUDED_STATUS, split_curves, write_table
 from .threads import blas_single_threaded
+from .verdict import Verdict, not_fitted
 
 ALL_APPROACHES = ("kaplan", "1", "2", "3")
 COMPARE_PREFERENCE = ("3", "2", "1", "kaplan")
-FIGURE_CAPTIONS = {
-    "loss_vs_compute": "Final loss of every run vs training compute, coloured by model size; circled runs "
-                       "form the frontier (lowest loss at that compute so far); lines are each approach's "
-                       "fitted compute-optimal loss L(C).",
-    "isoflop_profiles": "IsoFLOP profiles: loss vs model size at each compute budget, the parabola (in log N) "
-                        "fitted near each minimum, and its vertex (star).",
-    "optimal_allocation": "Compute-optimal parameters and tokens vs compute for each approach, with the points "
-                          "each fit used and bootstrap 95% bands.",
-    "approach3_residuals": "Relative residuals of the approach-3 law L(N, D) for every run.",
-    "training_curves": "Training loss along each run vs compute spent so far, coloured by model size, with "
-                       "approach 1's lower envelope.",
-    "comparison": "Comparison of the studies: runs and fitted loss frontiers (left, labelled with the compute "
-                  "multiplier), compute-optimal N and D (right).",
-}
-
-
 @dataclass
 class Study:
     label: str
@@ -57,16 +48,32 @@ class Study:
     fits: dict = field(default_factory=dict)       # approach -> FitResult
     errors: dict = field(default_factory=dict)     # approach -> why it was not fitted
     holdout: dict = field(default_factory=dict)    # approach -> FitResult or reason (str)
-    holdout_k: int = 0
+    holdout_k: int | None = None                   # None: the largest budget; 0: none; K: the top-K runs
+    holdout_info: dict = field(default_factory=dict)
+    verdict: Verdict | None = None
+
+    def all_fits(self) -> dict:
+        """Every requested approach: its fit, or a not-determined placeholder with the reason."""
+        out = dict(self.fits)
+        out.update({a: not_fitted(a, reason) for a, reason in self.errors.items()})
+        return {a: out[a] for a in ALL_APPROACHES if a in out}
 
 
 @dataclass
 class ReportResult:
+    """What ``report`` wrote; ``verdict`` (the first study's) says per approach whether it is determined."""
+
     report: Path
+    runs: Path | None = None                       # runs.csv
     figures: list = field(default_factory=list)
     skipped: dict = field(default_factory=dict)
     studies: list = field(default_factory=list)
     comparisons: list = field(default_factory=list)
+    verdicts: dict = field(default_factory=dict)   # study label -> Verdict
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return next(iter(self.verdicts.values()), None)
 
 
 def _options(approach: str, n_starts, bootstrap_starts) -> dict:
@@ -82,11 +89,11 @@ def _options(approach: str, n_starts, bootstrap_starts) -> dict:
 
 def analyse(table_with_attrs: pd.DataFrame, label: str, approaches, bootstrap: int, holdout_top, budgets,
             seed: int, n_starts=None, bootstrap_starts=None) -> Study:
-    """Fit each approach on one study's runs, plus the held-out check."""
+    """Fit each approach on one study's runs, plus the held-out check, and build the verdict."""
     table, curves = split_curves(table_with_attrs)
     counts = table_with_attrs.attrs.get("run_counts") or {INCLUDED_STATUS: len(table)}
-    study = Study(label=label, table=table, curves=curves, run_counts=counts)
-    study.holdout_k = (max(1, len(table) // 10) if holdout_top is None else int(holdout_top))
+    study = Study(label=label, table=table, curves=curves, run_counts=counts,
+                  holdout_k=None if holdout_top is None else int(holdout_top))
     data = table.copy()
     if curves is not None:
         data.attrs["curves"] = curves
@@ -97,16 +104,44 @@ def analyse(table_with_attrs: pd.DataFrame, label: str, approaches, bootstrap: i
         except AnalysisError as exc:
             study.errors[approach] = str(exc)
             continue
-        if study.holdout_k and study.fits[approach].converged:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    study.holdout[approach] = fit(data, approach, budgets=budgets, seed=seed,
-                                                  holdout_top=study.holdout_k,
-                                                  **{k: v for k, v in options.items() if k == "n_starts"})
-            except AnalysisError as exc:
-                study.holdout[approach] = str(exc)
+        if study.holdout_k != 0 and study.fits[approach].converged:
+            _holdout(study, data, approach, budgets, seed, options)
+    study.verdict = build_verdict(label, study.all_fits(), study.holdout_info)
     return study
+
+
+def _holdout(study: Study, data, approach: str, budgets, seed: int, options: dict) -> None:
+    """Refit without the largest budget (or the top-K runs); its rows go on the main fit."""
+    how = {"holdout_budget": True} if study.holdout_k is None else {"holdout_top": study.holdout_k}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            held = fit(data, approach, budgets=budgets, seed=seed, **how,
+                       **{k: v for k, v in options.items() if k == "n_starts"})
+    except AnalysisError as exc:
+        study.holdout[approach] = str(exc)
+        study.holdout_info.setdefault("reason", f"{approach}: {exc}")
+        return
+    study.holdout[approach] = held
+    main = study.fits[approach]
+    main.holdout = held.holdout
+    main.details["holdout_fit"] = {"a": held.a, "b": held.b, "status": held.status, "reason": held.reason,
+                                   "n_runs": held.n_runs, **held.details.get("holdout", {})}
+    if held.details.get("holdout"):
+        study.holdout_info.update({k: v for k, v in held.details["holdout"].items() if k != "reason"})
+
+
+def _write_runs(studies: list[Study], out_dir: Path) -> Path:
+    """runs.csv: every study's runs in one table (with a `study` column when there are several)."""
+    parts = []
+    for study in studies:
+        part = study.table.copy()
+        if len(studies) > 1:
+            part.insert(0, "study", study.label)
+        parts.append(part)
+    runs = pd.concat(parts, ignore_index=True)
+    runs.attrs = {}  # the curves stay out: runs.csv is the table to filter, one row per run
+    return write_table(runs, out_dir / "runs.csv")[0]
 
 
 def _slug(text: str) -> str:
@@ -164,10 +199,11 @@ def _why(study: Study, approach: str) -> str:
 @blas_single_threaded
 def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, holdout_top=None, budgets=None,
            seed: int = 0, pool: bool = False, n_starts=None, bootstrap_starts=None) -> ReportResult:
-    """Write figures (PNG + SVG), fits.json and report.md into ``out_dir``.
+    """Write figures (PNG, SVG, PDF), fits.json, verdict.json, runs.csv and report.md into ``out_dir``.
 
     inputs: sweep directories, table files or DataFrames (one or several).
-    holdout_top: runs held out for the prediction check (default: a tenth of the runs, at least 1; 0: none).
+    holdout_top: None (default): fit without the largest budget and predict its best run; K > 0: hold
+    out the K largest-compute runs instead; 0: no held-out check.
     n_starts / bootstrap_starts: approach-3 starts for the main fit / each bootstrap resample.
     """
     out_dir = Path(out_dir)
@@ -179,7 +215,7 @@ def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, hol
         budgets = sorted(set().union(*(default_budgets(t) for t, _ in loaded)))
     studies = [analyse(t, label, approaches, bootstrap, holdout_top, budgets, seed, n_starts, bootstrap_starts)
                for t, label in loaded]
-    result = ReportResult(report=out_dir / "report.md", studies=studies)
+    result = ReportResult(report=out_dir / "report.md", studies=studies, runs=_write_runs(studies, out_dir))
     figures = {}
     for study in studies:
         prefix = f"{_slug(study.label)}_" if len(studies) > 1 else ""
@@ -199,174 +235,20 @@ def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, hol
                 comparison_figures.append((cmp, png))
     else:
         result.skipped["comparison"] = "only one study: give two or more inputs to compare them"
+    result.verdicts = {s.label: s.verdict for s in studies}
     (out_dir / "fits.json").write_text(json.dumps(json_safe({
-        s.label: {a: f.to_dict() for a, f in s.fits.items()} for s in studies}), indent=1))
-    result.report.write_text(_markdown(studies, figures, comparison_figures, result, bootstrap))
+        s.label: {a: f.to_dict() for a, f in s.all_fits().items()} for s in studies}), indent=1))
+    (out_dir / "verdict.json").write_text(json.dumps(json_safe({
+        s.label: s.verdict.to_dict() for s in studies}), indent=1))
+    result.report.write_text(render(studies, figures, comparison_figures, result, bootstrap))
     return result
 
 
 def _compare_studies(base: Study, other: Study, budgets) -> CompareResult | str:
-    for approach in COMPARE_PREFERENCE:
-        fa, fb = base.fits.get(approach), other.fits.get(approach)
-        if fa is not None and fb is not None and fa.converged and fb.converged:
-            return compare_fits(fa, fb, (base.label, other.label), budgets)
+    """Compare with the first approach determined in both (else the first that converged in both)."""
+    for test in (lambda f: f.determined, lambda f: f.converged):
+        for approach in COMPARE_PREFERENCE:
+            fa, fb = base.fits.get(approach), other.fits.get(approach)
+            if fa is not None and fb is not None and test(fa) and test(fb):
+                return compare_fits(fa, fb, (base.label, other.label), budgets)
     return f"no approach converged for both {base.label} and {other.label}"
-
-
-# ---------------------------------------------------------------- markdown
-
-def _markdown(studies, figures, comparison_figures, result: ReportResult, bootstrap: int) -> str:
-    title = " vs ".join(s.label for s in studies)
-    out = [f"# Scaling-law report: {title}", "",
-           f"Written by `scalelab.analysis` on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}. "
-           "It fits how loss scales with model size N, data D and compute C, and what split of a compute "
-           "budget between N and D minimises loss, with up to four methods: Kaplan et al. (2020) and the three "
-           "approaches of Hoffmann et al. (2022, 'Chinchilla'). Agreement between methods is evidence that the "
-           "allocation is robust; disagreement points at a bias in one of them. "
-           f"Values in brackets are bootstrap percentile 95% intervals from {bootstrap} resamples of the runs"
-           f"{'' if bootstrap else ' (none were requested, so no intervals are shown)'}.", ""]
-    out += _conventions_section(studies)
-    for study in studies:
-        out += [f"## Study: {study.label}" if len(studies) > 1 else "## Results", ""]
-        out += _study_section(study, figures.get(study.label, []), result)
-    if comparison_figures or result.comparisons:
-        out += _comparison_section(result.comparisons, comparison_figures)
-    out += ["## Figures not drawn", ""]
-    if result.skipped:
-        out += [f"- `{name}`: {reason}" for name, reason in result.skipped.items()]
-    else:
-        out += ["All figures were drawn."]
-    out.append("")
-    return "\n".join(out)
-
-
-def _conventions_section(studies) -> list[str]:
-    lines = ["## Conventions", ""]
-    base = None
-    for study in studies:
-        for fitted in study.fits.values():
-            base = fitted.conventions
-            break
-        if base:
-            break
-    base = base or {}
-    for key in ("N", "D", "C", "loss"):
-        if key in base:
-            lines.append(f"- {base[key]}")
-    for study in studies:
-        f3 = study.fits.get("3")
-        if f3 is not None and "C = kND" in f3.conventions:
-            lines.append(f"- Approach 3 compute-optimal allocation ({study.label}): {f3.conventions['C = kND']}")
-        f1 = study.fits.get("1")
-        if f1 is not None and "curves" in f1.conventions:
-            lines.append(f"- Approach 1 ({study.label}): {f1.conventions['curves']}")
-    lines += ["- Compute-optimal exponents: N_opt = G*C^a, D_opt = H*C^b; tokens/param = D_opt/N_opt.", ""]
-    return lines
-
-
-def _study_section(study: Study, figures, result: ReportResult) -> list[str]:
-    lines = ["### Runs", ""]
-    included = study.run_counts.get(INCLUDED_STATUS, len(study.table))
-    rows = [[status, str(n), "included" if status == INCLUDED_STATUS else "excluded"]
-            for status, n in sorted(study.run_counts.items(), key=lambda item: item[0] != INCLUDED_STATUS)]
-    lines += [table(["status", "runs", "in the fits"], rows), "",
-              f"{included} runs are fitted: N from {num(study.table['params'].min())} to "
-              f"{num(study.table['params'].max())}, D from {num(study.table['tokens'].min())} to "
-              f"{num(study.table['tokens'].max())}, C from {num(study.table['flops'].min())} to "
-              f"{num(study.table['flops'].max())} FLOPs.", ""]
-    lines += ["### Summary", ""]
-    summary_rows = []
-    for approach in ALL_APPROACHES:
-        if approach in study.fits:
-            f = study.fits[approach]
-            if f.converged:
-                summary_rows.append([APPROACH_NAMES[approach], exponent_ci(f.a, f.ci.get("a")),
-                                     exponent_ci(f.b, f.ci.get("b")), _holdout_summary(study, approach)])
-            else:
-                summary_rows.append([APPROACH_NAMES[approach], "did not converge", f.message, ""])
-        elif approach in study.errors:
-            summary_rows.append([APPROACH_NAMES[approach], "not fitted", study.errors[approach], ""])
-    lines += [table(["approach", "a (N_opt ~ C^a)", "b (D_opt ~ C^b)", "held-out mean abs. error"],
-                    summary_rows), ""]
-    for approach in ALL_APPROACHES:
-        if approach in study.fits:
-            lines += _approach_section(study, approach)
-    if figures:
-        lines += ["### Figures", ""]
-        for key, png in figures:
-            lines += [f"![{key}]({png})", "", f"*{FIGURE_CAPTIONS[key]}* (also `{png[:-4]}.svg`)", ""]
-    return lines
-
-
-def _holdout_summary(study: Study, approach: str) -> str:
-    held = study.holdout.get(approach)
-    if isinstance(held, FitResult) and held.converged and held.holdout:
-        errors = [abs(r["rel_error"]) for r in held.holdout]
-        return f"{100 * sum(errors) / len(errors):.2f}% over {len(errors)} runs"
-    return "n/a"
-
-
-def _approach_section(study: Study, approach: str) -> list[str]:
-    f = study.fits[approach]
-    lines = [f"### {APPROACH_NAMES[approach]}", ""]
-    if not f.converged:
-        return lines + [f"**The fit did not converge**: {f.message}. No numbers are reported.", ""]
-    lines += [parameters_table(f), ""]
-    if approach == "3":
-        d = f.details
-        lines += [f"Objective (sum of Huber losses, delta = {d['huber_delta']:g}): {d['objective']:.6g}, the best "
-                  f"of {d['n_starts']} L-BFGS starts; {d['n_reached_best']} starts reached it "
-                  f"({d['best_tolerance']}).", ""]
-    if approach == "2":
-        d = f.details
-        lines += [f"Budgets from {d['budgets_from']}; {len(d['minima'])} used, "
-                  f"{len(d['dropped_budgets'])} dropped; parabola window {d['window']} sizes.", ""]
-        for drop in d["dropped_budgets"]:
-            lines.append(f"- dropped budget {num(drop['budget'])}: {drop['reason']}")
-        if d["dropped_budgets"]:
-            lines.append("")
-    if approach == "kaplan":
-        d = f.details
-        points = ", ".join(f"{law}: {n} points" for law, n in d["points"].items())
-        lines += [f"Each law is fitted on its lower envelope ({points}). The exponents a and b above are "
-                  "power laws of N and D through the runs on the loss-vs-FLOPs frontier; Kaplan's own "
-                  f"derivation from the fitted laws gives a = alpha_C/alpha_N = {d['a_from_alphas']:.4f} and "
-                  f"b = alpha_C/alpha_D = {d['b_from_alphas']:.4f}.", ""]
-    lines += ["Compute-optimal allocation:", "", allocation_table(f), ""]
-    held = study.holdout.get(approach)
-    if isinstance(held, FitResult) and held.converged and held.holdout:
-        lines += [f"Held-out prediction: fitted without the {study.holdout_k} largest-compute runs, then "
-                  "predicted them" + (" (with the frontier L(C), the best loss reachable at that compute)"
-                                      if approach != "3" else " (with L(N, D))") + ":", "",
-                  holdout_table(held), ""]
-    elif isinstance(held, str):
-        lines += [f"Held-out prediction not possible: {held}", ""]
-    if f.bootstrap:
-        b = f.bootstrap
-        lines += [f"Bootstrap: {b['succeeded']} of {b['requested']} resamples fitted, {b['failed']} failed"
-                  + (f" ({'; '.join(f'{n}x {r}' for r, n in b['failure_reasons'].items())})" if b["failed"] else "")
-                  + ".", ""]
-    notes = [w for w in f.warnings if "bootstrap:" not in w]
-    if notes:
-        lines += ["Notes:", ""] + [f"- {w}" for w in dict.fromkeys(notes)] + [""]
-    return lines
-
-
-def _comparison_section(comparisons, comparison_figures) -> list[str]:
-    lines = ["## Comparison", ""]
-    for cmp in comparisons:
-        a, b = cmp.names
-        lines += [f"### {b} vs {a} ({APPROACH_NAMES[cmp.approach]})", ""]
-        if not cmp.converged:
-            lines += [f"Not compared: {cmp.message}", ""]
-            continue
-        rows = [[key, exponent_ci(e[a], e.get("ci_" + a)), exponent_ci(e[b], e.get("ci_" + b)),
-                 exponent_ci(e["difference"], e.get("ci"))] for key, e in cmp.differences.items()]
-        lines += [table(["exponent", a, b, f"{b} - {a}"], rows), ""]
-        rows = [[num(r["budget"]), num(r[f"loss_{a}"], 4), num(r[f"loss_{b}"], 4),
-                 with_ci(r["multiplier"], r.get("ci"))] for r in cmp.multipliers]
-        lines += [table(["C (FLOPs)", f"loss {a}", f"loss {b}", f"compute multiplier of {b}"], rows), ""]
-        lines += [f"- {n}" for n in cmp.notes] + [""]
-    for _cmp, png in comparison_figures:
-        lines += [f"![comparison]({png})", "", f"*{FIGURE_CAPTIONS['comparison']}*", ""]
-    return lines

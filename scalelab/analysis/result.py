@@ -44,6 +44,10 @@ class FitResult:
     approach 3 it is the exact L(N_opt(C), D_opt(C)), written the same way).
     ``ci`` maps a quantity name to its bootstrap (low, high) 95% interval.
     When ``converged`` is False, ``message`` says why and the numbers must not be used.
+    ``status`` is "determined" or "not determined" (with ``reason``): a converged
+    fit can still be degenerate or too unstable to report (see ``verdict.assess``).
+    ``allocate`` (approach 3) maps C to the exact (N_opt, D_opt, L_opt) under the
+    study's C(N, D); without it the power laws and the frontier are used.
     """
 
     approach: str
@@ -63,20 +67,33 @@ class FitResult:
     conventions: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    status: str = ""
+    reason: str = ""
     samples: list = field(default_factory=list, repr=False)   # bootstrap fits (summaries), not in to_dict
+    allocate: object = field(default=None, repr=False, compare=False)   # not in to_dict
 
     @property
     def title(self) -> str:
         return APPROACH_NAMES.get(self.approach, self.approach)
 
+    @property
+    def determined(self) -> bool:
+        return self.converged and self.status == "determined"
+
     def n_opt(self, flops):
+        if self.allocate is not None:
+            return self.allocate(flops)[0]
         return self.G * np.asarray(flops, dtype=float) ** self.a
 
     def d_opt(self, flops):
+        if self.allocate is not None:
+            return self.allocate(flops)[1]
         return self.H * np.asarray(flops, dtype=float) ** self.b
 
     def loss_opt(self, flops):
-        """Compute-optimal loss at C from the fitted frontier (NaN when there is none)."""
+        """Compute-optimal loss at C (approach 3: exact; others: the fitted frontier; NaN without one)."""
+        if self.allocate is not None:
+            return self.allocate(flops)[2]
         flops = np.asarray(flops, dtype=float)
         if not self.frontier:
             return np.full_like(flops, np.nan)
@@ -101,6 +118,6 @@ class FitResult:
         return out
 
     def to_dict(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("samples", "allocate")}
         data["title"] = self.title
         return json_safe(data)

@@ -1,6 +1,10 @@
 """Synthetic runs from a known law, for tests, demos and checking a pipeline end to end.
 
-``ChinchillaLaw`` is L(N, D) = E + A/N^alpha + B/D^beta with FLOPs C = k*N*D.
+``ChinchillaLaw`` is L(N, D) = E + A/N^alpha + B/D^beta with FLOPs
+C = f(N)*D, f(N) = k*N + overhead*sqrt(N). ``overhead`` = 0 is C = k*N*D; about
+630 with k = 6 matches the ledger's count for the tiny models of the ladder
+(p15k to p1m, byte vocabulary, sequence 64), where the output layer and
+attention add 10% to 90% to 6N.
 Generators return runs tables (and training-curve tables) in the analysis
 format; ``write_sweep`` lays them out as run directories like the trainer's.
 """
@@ -14,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scalelab.runfiles import METRICS, SUMMARY
+
 
 @dataclass(frozen=True)
 class ChinchillaLaw:
@@ -23,6 +29,11 @@ class ChinchillaLaw:
     alpha: float = 0.34
     beta: float = 0.28
     k: float = 6.0
+    overhead: float = 0.0
+
+    def flops_per_token(self, params):
+        params = np.asarray(params, dtype=float)
+        return self.k * params + self.overhead * np.sqrt(params)
 
     def loss(self, params, tokens):
         params = np.asarray(params, dtype=float)
@@ -31,6 +42,7 @@ class ChinchillaLaw:
 
     @property
     def a(self) -> float:
+        """The N_opt exponent under C = k*N*D (with an overhead see ``exponents``)."""
         return self.beta / (self.alpha + self.beta)
 
     @property
@@ -38,11 +50,33 @@ class ChinchillaLaw:
         return self.alpha / (self.alpha + self.beta)
 
     def n_opt(self, flops):
+        flops = np.asarray(flops, dtype=float)
         g = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
-        return g * (np.asarray(flops, dtype=float) / self.k) ** self.a
+        closed = g * (flops / self.k) ** self.a
+        if not self.overhead:
+            return closed
+        return np.vectorize(self._n_opt_numeric)(flops, closed)
+
+    def _n_opt_numeric(self, flops: float, guess: float) -> float:
+        from scipy.optimize import minimize_scalar
+
+        def reducible(log_n):
+            n = np.exp(log_n)
+            return self.A / n ** self.alpha + self.B / (flops / self.flops_per_token(n)) ** self.beta
+        centre = np.log(guess)
+        res = minimize_scalar(reducible, bounds=(centre - 6, centre + 6), method="bounded",
+                              options={"xatol": 1e-10})
+        return float(np.exp(res.x))
 
     def d_opt(self, flops):
-        return np.asarray(flops, dtype=float) / self.k / self.n_opt(flops)
+        return np.asarray(flops, dtype=float) / self.flops_per_token(self.n_opt(flops))
+
+    def exponents(self, low: float, high: float, points: int = 25) -> tuple[float, float]:
+        """(a, b): slopes of log N_opt and log D_opt against log C between two budgets."""
+        grid = np.logspace(np.log10(low), np.log10(high), points)
+        a = np.polyfit(np.log(grid), np.log(self.n_opt(grid)), 1)[0]
+        b = np.polyfit(np.log(grid), np.log(self.d_opt(grid)), 1)[0]
+        return float(a), float(b)
 
 
 def _noisy(values, noise: float, rng) -> np.ndarray:
@@ -55,19 +89,40 @@ def grid_runs(law: ChinchillaLaw, params, tokens, noise: float = 0.01, seed: int
     """One run for every (N, D) pair of the two grids."""
     rng = np.random.default_rng(seed)
     n, d = (m.ravel() for m in np.meshgrid(np.asarray(params, float), np.asarray(tokens, float)))
-    return pd.DataFrame({"params": n, "tokens": d, "flops": law.k * n * d,
+    return pd.DataFrame({"params": n, "tokens": d, "flops": law.flops_per_token(n) * d,
                          "loss": _noisy(law.loss(n, d), noise, rng)})
 
 
 def isoflop_runs(law: ChinchillaLaw, budgets, sizes_per_budget: int = 9, span_decades: float = 0.8,
                  noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
-    """IsoFLOP runs: per budget, sizes log-spaced +-span around the true N_opt, D = C/(k N)."""
+    """IsoFLOP runs: per budget, sizes log-spaced +-span around the true N_opt, D = C/f(N)."""
     rng = np.random.default_rng(seed)
     rows = []
     for c in budgets:
         centre = float(law.n_opt(c))
         for n in centre * 10 ** np.linspace(-span_decades, span_decades, sizes_per_budget):
-            rows.append({"params": n, "tokens": c / (law.k * n), "flops": float(c), "budget": float(c)})
+            rows.append({"params": n, "tokens": c / float(law.flops_per_token(n)), "flops": float(c),
+                         "budget": float(c)})
+    table = pd.DataFrame(rows)
+    table["loss"] = _noisy(law.loss(table["params"], table["tokens"]), noise, rng)
+    return table
+
+
+LADDER_SIZES = (13408, 26784, 55536, 159120, 457744, 930400)   # non-embedding N of p15k ... p1m
+
+
+def ladder_isoflop_runs(law: ChinchillaLaw, budgets, sizes=LADDER_SIZES, tokens_per_param=(0.5, 2000.0),
+                        noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """IsoFLOP runs of a fixed ladder of sizes, as the sweeper plans them: per budget, every size
+    whose D = C/f(N) gives tokens per parameter within ``tokens_per_param``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in budgets:
+        for n in sizes:
+            d = float(c) / float(law.flops_per_token(n))
+            if tokens_per_param[0] <= d / n <= tokens_per_param[1]:
+                rows.append({"model": f"n{int(n)}", "params": float(n), "tokens": d, "flops": float(c),
+                             "budget": float(c)})
     table = pd.DataFrame(rows)
     table["loss"] = _noisy(law.loss(table["params"], table["tokens"]), noise, rng)
     return table
@@ -102,9 +157,9 @@ def curve_runs(law: ChinchillaLaw, sizes, tokens_per_param: float = 200.0, point
         tokens = final * np.logspace(np.log10(start_fraction), 0, points)
         loss = _noisy(law.loss(n, tokens), noise, rng)
         curves.append(pd.DataFrame({"run_dir": run_dir, "step": np.arange(1, points + 1),
-                                    "tokens": tokens, "flops": law.k * n * tokens,
+                                    "tokens": tokens, "flops": law.flops_per_token(n) * tokens,
                                     "train_loss": loss, "eval_loss": np.nan}))
-        runs.append({"run_dir": run_dir, "params": n, "tokens": final, "flops": law.k * n * final,
+        runs.append({"run_dir": run_dir, "params": n, "tokens": final, "flops": law.flops_per_token(n) * final,
                      "loss": float(loss[-1])})
     return pd.DataFrame(runs), pd.concat(curves, ignore_index=True)
 
@@ -113,9 +168,9 @@ def write_run_dir(run_dir: Path, summary: dict, metrics: list[dict] | None = Non
     """A run directory as the trainer writes it: summary.json and metrics.jsonl."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=1))
     if metrics is not None:
-        with (run_dir / "metrics.jsonl").open("w") as handle:
+        with (run_dir / METRICS).open("w") as handle:
             for record in metrics:
                 handle.write(json.dumps(record) + "\n")
     return run_dir

@@ -21,12 +21,12 @@ from omegaconf import OmegaConf
 from scalelab import ledger
 from scalelab.config import MeshConfig, OptimizerConfig, ScheduleConfig
 from scalelab.model import ladder
-from scalelab.model.functional import ModelFns
+from scalelab.model.functional import model_fns
 from scalelab.model.transformer import ModelSpec, resolve_attention
 from scalelab.runtime import hardware
 from scalelab.train import mesh as meshlib
 from scalelab.train import optim
-from scalelab.train.step import auto_grad_accum, build_steps
+from scalelab.train.step import auto_grad_accum, build_steps, rules_key
 
 
 @dataclass(frozen=True)
@@ -78,33 +78,32 @@ def build_bench_steps(case: BenchShape, precision: str, grad_accum: int, attenti
         raise ValueError(f"--grad-accum {grad_accum} does not divide {case.name}'s batch of {case.batch_size}")
     grad_accum = grad_accum or auto_grad_accum(case.batch_size, shape.seq_len,
                                                meshlib.batch_shards(rules, mesh, case.batch_size), jax.default_backend())
-    schedule = optim.schedule_values(OmegaConf.structured(ScheduleConfig), 1e-3, 10_000)
-    opt_cfg = OmegaConf.structured(OptimizerConfig(lr=1e-3))
-    steps = build_steps(ModelFns(spec), optim.make_optimizer(opt_cfg), "cosine", schedule, mesh,
-                        rules, case.batch_size, grad_accum)
-    return spec, mesh, grad_accum, steps
+    hyper = optim.hyper_of(OmegaConf.structured(OptimizerConfig(lr=1e-3)),
+                           OmegaConf.structured(ScheduleConfig), 10_000)
+    steps = build_steps(model_fns(spec), mesh, rules_key(rules), case.batch_size, grad_accum)
+    return spec, mesh, grad_accum, steps, jax.device_put(hyper.as_input(), steps.hyper_sharding)
 
 
 def bench_shape(case: BenchShape, precision: str = "fp32", grad_accum: int = 0, steps: int = 20,
                 warmup: int = 3, attention: str = "auto") -> dict:
     """Compile time, then the median of `steps` timed steps (a device sync after each)."""
     shape = case.shape
-    spec, mesh, grad_accum, fns = build_bench_steps(case, precision, grad_accum, attention)
+    spec, mesh, grad_accum, fns, hyper = build_bench_steps(case, precision, grad_accum, attention)
     rng = np.random.default_rng(0)
     batch = jax.device_put(rng.integers(0, shape.vocab, (case.batch_size, shape.seq_len + 1), dtype=np.int32),
                            fns.batch_sharding)
     state = fns.init_state(0)
     t0 = time.perf_counter()
-    state, metrics = fns.train_step(state, batch)
+    state, metrics = fns.train_step(state, batch, hyper)
     jax.block_until_ready(metrics)
     compile_seconds = time.perf_counter() - t0
     for _ in range(warmup):
-        state, metrics = fns.train_step(state, batch)
+        state, metrics = fns.train_step(state, batch, hyper)
     jax.block_until_ready(metrics)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, metrics = fns.train_step(state, batch)
+        state, metrics = fns.train_step(state, batch, hyper)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     step_seconds = statistics.median(times)

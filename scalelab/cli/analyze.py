@@ -3,20 +3,22 @@
 ``add_subparsers(subparsers)`` registers the four subcommands on an argparse
 subparsers object (the ``scalelab analyze`` command passes its own); each sets
 ``func`` to a handler that takes the parsed args and returns an exit code:
-0 on success, 1 when a fit did not converge, 2 for bad input (the message is
-printed as ``error: ...`` on stderr). ``main(argv)`` runs it standalone:
+0 on success (a converged fit that is not determined still exits 0 and says
+so), 1 when a fit did not converge, 2 for bad input (the message is printed as
+``error: ...`` on stderr). ``main(argv)`` runs it standalone:
 ``python -m scalelab.cli.analyze fit runs.csv --approach 3``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
-from pathlib import Path
 
-from scalelab.analysis.errors import AnalysisError
+from scalelab.cli import common
+
+# nothing from scalelab.analysis at the top: importing it loads pandas, scipy and matplotlib, and
+# `scalelab --help` imports this module
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_BAD_INPUT = 0, 1, 2
 APPROACH_CHOICES = ("kaplan", "1", "2", "3")
@@ -37,7 +39,11 @@ def _add_fit_options(parser: argparse.ArgumentParser, default_bootstrap: int) ->
                         help=f"bootstrap resamples for 95%% intervals (default {default_bootstrap})")
     parser.add_argument("--budgets", default=None, metavar="C1,C2,...",
                         help="FLOP budgets for the allocation table (default: the data's budgets or a decade grid)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (bootstrap, start subsets)")
+    _add_search_options(parser)
+
+
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="random seed (bootstrap, start subsets); default 0")
     parser.add_argument("--n-starts", type=int, default=None, metavar="S",
                         help="approach 3: initialisations (default: the 4500-point grid)")
     parser.add_argument("--bootstrap-starts", type=int, default=None, metavar="S",
@@ -46,15 +52,28 @@ def _add_fit_options(parser: argparse.ArgumentParser, default_bootstrap: int) ->
 
 def add_subparsers(subparsers) -> None:
     """Register collect, fit, compare and report on ``subparsers``."""
+    _add_collect(subparsers)
+    _add_fit_and_compare(subparsers)
+    _add_report(subparsers)
+
+
+def _add_collect(subparsers) -> None:
     p = subparsers.add_parser("collect", help="collect run directories into a runs table",
                               description="Read every run's summary.json (and metrics.jsonl) under the sweep "
-                                          "directories into one table; curves go beside it as <name>.curves.<ext>.")
-    p.add_argument("dirs", nargs="+", metavar="SWEEP_DIR")
-    p.add_argument("-o", "--output", required=True, metavar="runs.csv|runs.parquet")
+                                          "directories into one table; curves go beside it as <name>.curves.<ext>. "
+                                          "Besides N, D, C and the loss, the table has a column for every "
+                                          "hyperparameter that varies between the runs (dotted config keys such as "
+                                          "optimizer.lr) and lr, seed, batch_size, seq_len, schedule, warmup, mfu, "
+                                          "wall_seconds, packed_with (members of its packed group) to filter on.")
+    p.add_argument("dirs", nargs="+", metavar="SWEEP_DIR", help="sweep directories (or run directories) to read")
+    common.add_out(p, "the table to write: a .csv or .parquet file (the format follows the extension)",
+                   metavar="TABLE", old=("--output",))
     p.add_argument("--keep-excluded", action="store_true",
                    help="also write runs that did not complete (marked by 'status'; fits skip them)")
     p.set_defaults(func=run_collect)
 
+
+def _add_fit_and_compare(subparsers) -> None:
     p = subparsers.add_parser("fit", help="fit a scaling law to a runs table",
                               description="Fit a scaling law; print parameters, compute-optimal exponents and "
                                           "allocation, with bootstrap intervals.")
@@ -62,7 +81,9 @@ def add_subparsers(subparsers) -> None:
     _add_fit_options(p, default_bootstrap=0)
     p.add_argument("--holdout-top", type=_positive_int, default=0, metavar="K",
                    help="fit without the K largest-compute runs and report their predicted vs actual loss")
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the result as JSON")
+    p.add_argument("--holdout-budget", action="store_true",
+                   help="fit without the largest budget and report the predicted vs actual loss of its best run")
+    common.add_json(p, "the fit")
     p.set_defaults(func=run_fit)
 
     p = subparsers.add_parser("compare", help="compare two sweeps fitted the same way",
@@ -71,23 +92,27 @@ def add_subparsers(subparsers) -> None:
     p.add_argument("a", metavar="A", help="table or sweep directory (the baseline)")
     p.add_argument("b", metavar="B", help="table or sweep directory")
     _add_fit_options(p, default_bootstrap=0)
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the comparison as JSON")
+    common.add_json(p, "the comparison")
     p.set_defaults(func=run_compare)
 
+
+def _add_report(subparsers) -> None:
     p = subparsers.add_parser("report", help="figures and report.md for one or more sweeps",
-                              description="Fit every approach the data supports, draw the figures (PNG and SVG) "
-                                          "and write report.md. Several inputs are compared with the first.")
-    p.add_argument("inputs", nargs="+", metavar="SWEEP_DIR_OR_TABLE")
-    p.add_argument("-o", "--output", required=True, metavar="DIR")
+                              description="Fit every approach the data supports, draw the figures (PNG, SVG "
+                                          "and PDF) and write report.md, fits.json, verdict.json and the runs table "
+                                          "runs.csv. Several inputs are compared with the first.")
+    p.add_argument("inputs", nargs="+", metavar="SWEEP_DIR_OR_TABLE",
+                   help="sweep directories or runs tables (.csv/.parquet); the first is the baseline")
+    common.add_out(p, "the directory to write the report into", old=("--output",))
     p.add_argument("--approaches", default="kaplan,1,2,3", help="comma-separated (default kaplan,1,2,3)")
     p.add_argument("--bootstrap", type=_positive_int, default=100, metavar="K",
                    help="bootstrap resamples (default 100)")
     p.add_argument("--holdout-top", type=_positive_int, default=None, metavar="K",
-                   help="runs held out for the prediction check (default: a tenth of the runs)")
-    p.add_argument("--budgets", default=None, metavar="C1,C2,...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-starts", type=int, default=None, metavar="S")
-    p.add_argument("--bootstrap-starts", type=int, default=None, metavar="S")
+                   help="hold out the K largest-compute runs for the prediction check (default: the largest "
+                        "budget, predicting its best run; 0: no check)")
+    p.add_argument("--budgets", default=None, metavar="C1,C2,...",
+                   help="FLOP budgets for the allocation tables (default: the data's budgets or a decade grid)")
+    _add_search_options(p)
     p.add_argument("--pool", action="store_true", help="pool all inputs into one study instead of comparing them")
     p.set_defaults(func=run_report)
 
@@ -95,6 +120,8 @@ def add_subparsers(subparsers) -> None:
 def _guarded(handler):
     """Print warnings as 'warning: ...', AnalysisError as 'error: ...' (exit 2)."""
     def wrapper(args) -> int:
+        from scalelab.analysis.errors import AnalysisError
+
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -124,18 +151,12 @@ def _fit_options(args) -> dict:
     return options
 
 
-def _write_json(path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
-
-
 @_guarded
 def run_collect(args) -> int:
     from scalelab.analysis.collect import collect
     from scalelab.analysis.table import write_table
     table = collect(args.dirs, keep_excluded=args.keep_excluded)
-    written = write_table(table, args.output)
+    written = write_table(table, args.out)
     counts = table.attrs.get("run_counts", {})
     print(f"collected {int((table['status'] == 'completed').sum())} completed runs "
           f"({', '.join(f'{n} {s}' for s, n in counts.items())}) -> {', '.join(map(str, written))}")
@@ -149,27 +170,32 @@ def run_fit(args) -> int:
     from scalelab.analysis.markdown import fit_text
     table, _ = load_inputs(args.table)
     result = fit(table, args.approach, bootstrap=args.bootstrap, budgets=args.budgets, seed=args.seed,
-                 holdout_top=args.holdout_top, **_fit_options(args))
-    if args.json:
-        _write_json(args.json, result.to_dict())
+                 holdout_top=args.holdout_top, holdout_budget=args.holdout_budget, **_fit_options(args))
+    common.write_json(result.to_dict(), args.json)
     if not result.converged:
         print(f"error: the fit did not converge: {result.message}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
-    print(fit_text(result))
+    if not common.to_stdout(args.json):
+        print(fit_text(result))
     return EXIT_OK
 
 
 @_guarded
 def run_compare(args) -> int:
     from scalelab.analysis.compare import compare
-    from scalelab.analysis.markdown import exponent_ci, fit_text, num, with_ci
     result = compare(args.a, args.b, approach=args.approach, budgets=args.budgets, bootstrap=args.bootstrap,
                      seed=args.seed, **_fit_options(args))
-    if args.json:
-        _write_json(args.json, result.to_dict())
+    common.write_json(result.to_dict(), args.json)
     if not result.converged:
         print(f"error: the fit did not converge: {result.message}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
+    if not common.to_stdout(args.json):
+        _print_comparison(result)
+    return EXIT_OK
+
+
+def _print_comparison(result) -> None:
+    from scalelab.analysis.markdown import exponent_ci, fit_text, num, with_ci
     a, b = result.names
     print(f"A = {a}\n" + fit_text(result.fit_a).replace("\n", "\n  "))
     print(f"B = {b}\n" + fit_text(result.fit_b).replace("\n", "\n  "))
@@ -181,20 +207,24 @@ def run_compare(args) -> int:
         print(f"  C = {num(row['budget'])}: {with_ci(row['multiplier'], row.get('ci'))}")
     for note in result.notes:
         print(f"note: {note}")
-    return EXIT_OK
 
 
 @_guarded
 def run_report(args) -> int:
+    from scalelab.analysis.errors import AnalysisError
     from scalelab.analysis.report import report
     approaches = [a.strip() for a in args.approaches.split(",") if a.strip()]
     bad = [a for a in approaches if a not in APPROACH_CHOICES]
     if bad:
         raise AnalysisError(f"unknown approach(es) {', '.join(bad)}: choose from kaplan, 1, 2, 3")
-    result = report(args.inputs, args.output, approaches=approaches, bootstrap=args.bootstrap,
+    result = report(args.inputs, args.out, approaches=approaches, bootstrap=args.bootstrap,
                     holdout_top=args.holdout_top, budgets=args.budgets, seed=args.seed, pool=args.pool,
                     n_starts=args.n_starts, bootstrap_starts=args.bootstrap_starts)
-    print(f"wrote {result.report} and {len(result.figures)} figure files")
+    print(f"wrote {result.report}, fits.json, verdict.json, runs.csv and {len(result.figures)} figure files")
+    for verdict in result.verdicts.values():
+        print(f"verdict{'' if len(result.verdicts) == 1 else ' (' + verdict.study + ')'}:")
+        for line in verdict.lines:
+            print("  " + line.replace("**", ""))
     for name, reason in result.skipped.items():
         print(f"skipped {name}: {reason}")
     return EXIT_OK
@@ -202,6 +232,7 @@ def run_report(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scalelab analyze", description="Scaling-law analysis of sweeps.")
+    common.add_version(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_subparsers(subparsers)
     return parser

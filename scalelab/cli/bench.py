@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from scalelab.cli import common
 
 
 def format_table(rows: list[dict]) -> str:
@@ -18,6 +18,10 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(args) -> int:
+    return common.run_with_json_on_stdout(_bench, args)
+
+
+def _bench(args) -> int:
     import jax
 
     from scalelab.bench.step import (
@@ -34,6 +38,14 @@ def main(args) -> int:
     from scalelab.model import ladder
     from scalelab.runtime import hardware
 
+    if args.sweep:
+        from scalelab.bench.sweep import bench_sweep, format_sweep
+
+        results = [bench_sweep(model, args.sweep_steps) for model in args.sweep.split(",")]
+        for r in results:
+            print(format_sweep(r), flush=True)
+        common.write_json({"sweeps": results}, args.json, getattr(args, "json_stream", None))
+        return 0
     shapes = default_shapes()
     if args.shapes:
         wanted = set(args.shapes.split(","))
@@ -64,20 +76,25 @@ def main(args) -> int:
         extras["compile_cache"] = bench_compile_cache()  # last: it points JAX's cache at a temporary dir
         print(f"compile + first step, reference shape: cold cache {extras['compile_cache']['cold_seconds']:.1f} s, "
               f"warm persistent cache {extras['compile_cache']['warm_seconds']:.1f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"peak_flops": peak, "peak_method": method, "results": rows, **extras}, f, indent=2)
+    common.write_json({"peak_flops": peak, "peak_method": method, "results": rows, **extras}, args.json,
+                      getattr(args, "json_stream", None))
+    if args.json and not common.to_stdout(args.json):
         print(f"\nwrote {args.json}")
     return 0
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="training-step speed (tokens/s, MFU) against the measured peak")
-    p.add_argument("--shapes", help="comma-separated: reference, p150k, p500k, p1m, p3m, p1m-seq1024, gpu-125m, or any ladder size")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--shapes", metavar="NAMES",
+                   help="comma-separated: reference, p150k, p500k, p1m, p3m, p1m-seq1024, gpu-125m, or any ladder size")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32 (default) or bf16 compute (fp32 parameters and optimizer state)")
     p.add_argument("--grad-accum", type=int, default=0, help="microbatches per step; 0: auto, as in training")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per shape, after warm-up (default 20)")
+    common.add_json(p, "the results")
+    p.add_argument("--sweep", metavar="MODELS", help="instead: the sweep bench for these ladder sizes "
+                   "(e.g. p15k,p50k): an 8-run grid packed vs in-process vs one process per run")
+    p.add_argument("--sweep-steps", type=int, default=300, help="steps of each run of the sweep bench")
     p.add_argument("--no-extras", action="store_true",
                    help="skip the data-pipeline, compile-cache and logging/checkpoint overhead measurements")
     p.set_defaults(func=main)

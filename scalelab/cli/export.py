@@ -8,6 +8,8 @@ special_tokens_map.json) loads with `transformers.AutoModelForCausalLM.from_pret
 
 from __future__ import annotations
 
+from scalelab.cli import common
+
 
 def add_parser(subparsers) -> None:
     export = subparsers.add_parser("export", help="write a checkpoint in another framework's format")
@@ -18,14 +20,14 @@ def add_parser(subparsers) -> None:
                     "LlamaForCausalLM directory that transformers loads with from_pretrained.",
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run dir (newest checkpoint) or a step dir")
-    p.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
+    common.add_out(p, "the directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace the model and tokenizer files already in DIR")
     p.set_defaults(func=export_hf_main)
 
 
 def export_hf_main(args) -> int:
     from scalelab.infer.evaluate import load_model
-    from scalelab.model.hf import export_hf
+    from scalelab.train.hf_checkpoint import export_hf
 
     model = load_model(args.checkpoint)
     written = export_hf(args.out, model.fns.spec, model.params, model.tokenizer,

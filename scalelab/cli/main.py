@@ -1,13 +1,17 @@
 """`scalelab <subcommand>`: everything that is not a Hydra training run.
 
-  scalelab data prepare INPUT... --out DIR     prepare a dataset (text files, JSONL, Parquet)
+  scalelab data prepare INPUT... -o DIR        prepare a dataset (text files, JSONL, Parquet)
   scalelab eval RUN_OR_CHECKPOINT              loss, perplexity, bits per byte
   scalelab generate RUN_OR_CHECKPOINT --prompt TEXT
   scalelab status SWEEP_DIR                    a sweep's grid of runs and their states
-  scalelab wsd --model M --tokens D --sweep-dir DIR  WSD cooldown branches from one stable run
+  scalelab wsd --model M --tokens D -o DIR     WSD cooldown branches from one stable run
   scalelab analyze collect|fit|compare|report  scaling-law analysis
   scalelab bench                               training-step speed against this machine's peak
-  scalelab export hf RUN_OR_CHECKPOINT --out DIR   a Hugging Face (Llama) model directory
+  scalelab export hf RUN_OR_CHECKPOINT -o DIR  a Hugging Face (Llama) model directory
+
+Output paths are always -o/--out; --json PATH writes a command's result as JSON (--json - prints
+it instead). `scalelab COMMAND --help` describes each command. Training runs and sweeps are
+`scalelab-train` (Hydra): `scalelab-train --help`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+# each of these modules imports only the standard library at the top (JAX, pandas and the rest
+# load inside the commands), so that `scalelab --help` takes a fraction of a second
 from scalelab.cli import analyze as analysis_cli
-from scalelab.cli import bench, export
+from scalelab.cli import bench, common, export
 from scalelab.cli import sweep as sweep_cli
 from scalelab.cli import workflow as workflow_cli
 
@@ -24,7 +30,8 @@ from scalelab.cli import workflow as workflow_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scalelab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    common.add_version(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     workflow_cli.add_parsers(sub)
     sweep_cli.add_parser(sub)
     analyze = sub.add_parser("analyze", help="collect runs, fit scaling laws, compare, report")

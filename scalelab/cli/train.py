@@ -8,6 +8,7 @@ One step, from the command line to the jitted function:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,28 +20,64 @@ from omegaconf import DictConfig
 
 from scalelab.config import ConfigError
 from scalelab.configs import CONFIG_DIR
-from scalelab.runfiles import START_FILES
+from scalelab.runfiles import METRICS, START_FILES, SUMMARY
 from scalelab.train.checkpoint import CheckpointError
 from scalelab.train.loop import Diverged
 from scalelab.train.preemption import EXIT_PREEMPTED
-from scalelab.train.run import run
-from scalelab.train.rundir import RunDirError
+from scalelab.train.run import Attempt, run
+from scalelab.train.rundir import LOCK, RunDirError, RunLock
 
 log = logging.getLogger("scalelab")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU/GPU found" noise
 logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
 
-EXIT_CONFIG_ERROR = 2
+EXIT_CONFIG_ERROR = 2  # the run could not start: a config, data path, run directory or checkpoint error
 EXIT_DIVERGED = 4
+# errors whose message names the key or file at fault: printed as they are, at any point of a run
+KNOWN_ERRORS = (ConfigError, RunDirError, CheckpointError)
 
 
+def clean_failed_start(run_dir: Path, summary_too: bool = False) -> None:
+    """Remove a run directory that holds only what Hydra and the refused start wrote (with
+    `summary_too`, also the summary of a new run whose start failed).
 
-def clean_failed_start(run_dir: Path) -> None:
-    """Remove a run directory that holds only what Hydra wrote before the run was refused."""
+    Never one whose lock a live run holds: a run that is still compiling or restoring has written
+    nothing else yet either.
+    """
     if not run_dir.exists():
         return
-    if {p.name for p in run_dir.iterdir()} <= START_FILES:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    removable = set(START_FILES) | {LOCK}
+    if summary_too:
+        removable.add(SUMMARY)
+        metrics = run_dir / METRICS
+        if metrics.exists() and metrics.stat().st_size == 0:  # opened by the failure's summary
+            removable.add(METRICS)
+    if not {p.name for p in run_dir.iterdir()} <= removable:
+        return
+    try:
+        with RunLock(run_dir):  # held while removing, so that no run starts in it meanwhile
+            shutil.rmtree(run_dir, ignore_errors=True)
+    except RunDirError:
+        return
+
+
+def _is_main_process() -> bool:
+    try:
+        import jax
+
+        return jax.process_index() == 0
+    except Exception:  # noqa: BLE001 - no backend at all: this process is the only one
+        return True
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error line of a failed start: our own errors name the key or file; others add their type."""
+    text = str(exc).strip()
+    if not isinstance(exc, KNOWN_ERRORS):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    lines = text.splitlines() or [""]
+    more = " (HYDRA_FULL_ERROR=1 shows the traceback)" if not isinstance(exc, KNOWN_ERRORS) else ""
+    return lines[0] + (" ..." if len(lines) > 1 else "") + more
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
@@ -48,15 +85,24 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    attempt = Attempt()
     try:
-        summary = run(cfg, run_dir)
-    except (ConfigError, RunDirError, CheckpointError, Diverged) as exc:
-        print(f"{'diverged' if isinstance(exc, Diverged) else 'error'}: {exc}", file=sys.stderr)
-        if isinstance(exc, ConfigError):
-            clean_failed_start(run_dir)
+        summary = run(cfg, run_dir, attempt)
+    except Diverged as exc:
+        print(f"diverged: {exc}", file=sys.stderr)
         if in_sweep:  # the launcher records the failure and goes on with the other jobs
             raise
-        sys.exit(EXIT_DIVERGED if isinstance(exc, Diverged) else EXIT_CONFIG_ERROR)
+        sys.exit(EXIT_DIVERGED)
+    except Exception as exc:
+        if attempt.started and not isinstance(exc, KNOWN_ERRORS):
+            raise  # a failure mid-run: summary.json says failed, with this traceback
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        if _is_main_process() and not isinstance(exc, RunDirError):
+            # a sweep keeps a failed job's summary: its status reports the failure
+            clean_failed_start(run_dir, summary_too=attempt.new and not in_sweep)
+        if in_sweep or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(EXIT_CONFIG_ERROR)
     log.info("%s: %s, final_eval_loss=%.4f (%.3f bits/byte), %.1f s", run_dir, summary["status"],
              summary["final_eval_loss"], summary["final_eval_bpb"], summary["wall_seconds"])
 

@@ -9,9 +9,11 @@ for the user (the `scalelab` entry point prints it as `error: ...` and exits 2).
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
 import sys
 from pathlib import Path
+
+from scalelab.cli import common
 
 
 def add_parsers(subparsers) -> None:
@@ -31,7 +33,7 @@ def _add_data(subparsers) -> None:
                     "(--text-field column) in; a dataset for `data=prepared data.path=DIR` out.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or glob patterns")
-    p.add_argument("--out", required=True, metavar="DIR", help="the dataset directory to write")
+    common.add_out(p, "the dataset directory to write")
     p.add_argument("--tokenizer", default="byte", metavar="byte|bpe|FILE",
                    help="byte (default), bpe (trained here), or a tokenizers tokenizer.json used as it is")
     p.add_argument("--eos-token", metavar="TOKEN",
@@ -66,7 +68,7 @@ def prepare_main(args) -> int:
           f"{docs['bad_records']:,} bad records")
     print(f"  tokens     train {tokens['train']:,}, val {tokens['val']:,} ({manifest['tokenizer_kind']}, "
           f"vocab {manifest['vocab_size']:,}, {bpt['all']:.3f} bytes/token)")
-    print(f"  train on it with: scalelab-train data=prepared data.path={args.out}")
+    print(f"  train on it with: {shlex.join(['scalelab-train', 'data=prepared', f'data.path={args.out}'])}")
     return 0
 
 
@@ -79,8 +81,8 @@ def _add_eval(subparsers) -> None:
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="only the first N tokens (whole windows)")
     p.add_argument("--batch-size", type=int, metavar="B", help="windows per batch (default: the run's)")
-    p.add_argument("--json", metavar="OUT", help="also write the result as JSON (- for stdout)")
-    p.add_argument("--no-progress", action="store_true")
+    common.add_json(p, "the result")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.set_defaults(func=eval_main)
 
 
@@ -89,9 +91,9 @@ def eval_main(args) -> int:
 
     result = evaluate(args.checkpoint, data=args.data, split=args.split, max_tokens=args.max_tokens,
                       batch_size=args.batch_size, progress=not args.no_progress)
-    if args.json != "-":
+    if not common.to_stdout(args.json):
         print(format_table(result))
-    _write_json(result, args.json)
+    common.write_json(result, args.json)
     return 0
 
 
@@ -107,10 +109,10 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 (default) is greedy")
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K likeliest (0: off)")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1: off)")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
     p.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="cut each completion at the first of these strings (repeatable)")
-    p.add_argument("--json", metavar="OUT", help="also write prompts, completions and speed as JSON (- for stdout)")
+    common.add_json(p, "prompts, completions and speed")
     p.set_defaults(func=generate_main)
 
 
@@ -138,25 +140,15 @@ def generate_main(args) -> int:
                                    seed=args.seed, stops=args.stop)
     speed = (f"{result.new_tokens} new tokens in {result.seconds:.2f} s: {result.tokens_per_second:,.0f} tokens/s "
              f"(batch of {len(prompts)}; compiling took {result.compile_seconds:.1f} s)")
-    if args.json != "-":
+    if not common.to_stdout(args.json):
         for i, c in enumerate(completions, start=1):
             print(f"--- prompt {i} ({len(c.tokens)} tokens, stopped by {c.stopped})")
             print(c.prompt + c.text)
         print(speed, file=sys.stderr)
-    _write_json({"completions": [vars(c) for c in completions], "new_tokens": result.new_tokens,
+    common.write_json({"completions": [vars(c) for c in completions], "new_tokens": result.new_tokens,
                  "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
                  "compile_seconds": result.compile_seconds}, args.json)
     return 0
-
-
-def _write_json(payload: dict, target: str | None) -> None:
-    if target is None:
-        return
-    text = json.dumps(payload, indent=2)
-    if target == "-":
-        print(text)
-    else:
-        Path(target).write_text(text + "\n")
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import grain
 import numpy as np
 
+from scalelab.config import ConfigError
 from scalelab.data.stdlib import open_stdlib
 from scalelab.data.store import TokenStore
 
@@ -94,6 +95,48 @@ def train_iterator(store: TokenStore, data_cfg, batch_size: int, seed: int, step
     ds = grain.MapDataset.range(steps * local).map(lambda j: ordered[global_index(j)]).batch(local)
     options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=data_cfg.prefetch)
     return iter(ds.to_iter_dataset(options))
+
+
+def process_rows(batch_size: int, process_index: int, process_count: int) -> range:
+    """The rows of every global batch that `train_iterator` and `eval_batches` give this process."""
+    local = batch_size // process_count
+    return range(process_index * local, (process_index + 1) * local)
+
+
+def check_batch_layout(indices_map: dict, batch_size: int, process_index: int, process_count: int,
+                       mesh_shape: dict | None = None) -> None:
+    """Refuse (ConfigError) a batch sharding whose rows on this process's devices are not `process_rows`.
+
+    `indices_map` is the batch sharding's `addressable_devices_indices_map` for a global batch. The
+    pipeline hands each process one contiguous block of rows; a mesh whose batch axes are laid over
+    the processes otherwise (interleaved, or the batch replicated across processes, as when only
+    `mesh.tensor` or `mesh.fsdp` outside the batch rule spans hosts) would silently train every
+    device on the wrong rows.
+    """
+    rows = set()
+    for index in indices_map.values():
+        rows.update(range(*index[0].indices(batch_size)))
+    want = process_rows(batch_size, process_index, process_count)
+    if rows != set(want):
+        held = _ranges(sorted(rows))
+        raise ConfigError(
+            "mesh", f"the batch sharding puts rows {held} of each train.batch_size={batch_size} batch on "
+            f"process {process_index}'s devices, but the data pipeline gives each of the {process_count} "
+            f"processes one contiguous block (process {process_index}: rows {want.start}-{want.stop - 1}); "
+            f"mesh {mesh_shape or ''} must split the batch over the processes in order (lay the mesh axes "
+            f"of mesh.rules.batch over the hosts, e.g. mesh.data=<hosts>)")
+
+
+def _ranges(rows: list[int]) -> str:
+    """[0, 1, 2, 5, 6] -> '0-2, 5-6'."""
+    spans, start = [], None
+    for i, r in enumerate(rows):
+        if start is None:
+            start = r
+        if i + 1 == len(rows) or rows[i + 1] != r + 1:
+            spans.append(f"{start}-{r}" if r != start else f"{r}")
+            start = None
+    return ", ".join(spans) or "none"
 
 
 def eval_batches(store: TokenStore, data_cfg, batch_size: int, eval_tokens: int,

@@ -25,6 +25,7 @@ from scalelab.model.functional import ModelFns
 from scalelab.model.loss import weighted_loss_sum
 from scalelab.model.transformer import ModelSpec
 from scalelab.train.checkpoint import CheckpointFiles, find_checkpoint
+from scalelab.train.hf_checkpoint import hf_dir
 
 # ---- evaluation -------------------------------------------------------------------------------
 
@@ -100,9 +101,17 @@ def _progress(items, enabled: bool, label: str):
 
 def evaluate(run_or_checkpoint: str | Path, data: str | None = None, split: str = "val",
              max_tokens: int | None = None, batch_size: int | None = None, progress: bool = False) -> dict:
-    """Evaluate a run's newest checkpoint (or one checkpoint); the result as a JSON-ready dict."""
-    files = find_checkpoint(run_or_checkpoint)
-    fns, params, tokenizer, config = load_checkpoint(files)
+    """Evaluate a run's newest checkpoint (or one checkpoint, or an `hf:DIR` model with --data);
+    the result as a JSON-ready dict."""
+    hf = hf_dir(str(run_or_checkpoint))
+    if hf is not None:
+        if data is None:
+            raise ValueError(f"{run_or_checkpoint}: name the dataset to evaluate on with --data DIR")
+        files = CheckpointFiles(step_dir=hf.resolve(), step=-1, run_dir=None, meta={}, summary={})
+        fns, params, tokenizer, config = load_model(run_or_checkpoint)
+    else:
+        files = find_checkpoint(run_or_checkpoint)
+        fns, params, tokenizer, config = load_checkpoint(files)
     store = open_eval_store(data, files, config)
     if store.tokenizer.to_dict() != tokenizer.to_dict():
         ours, theirs = tokenizer.to_dict(), store.tokenizer.to_dict()

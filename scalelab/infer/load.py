@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scalelab.data import tokenizer as tokenizers
 from scalelab.model.functional import ModelFns
 from scalelab.model.transformer import ModelSpec
 from scalelab.runfiles import HYDRA
+from scalelab.train import hf_checkpoint
 from scalelab.train.checkpoint import CheckpointFiles, find_checkpoint, restore_params
 
 
@@ -59,8 +60,31 @@ def run_tokenizer(files: CheckpointFiles, config: DictConfig):
 
 
 def load_model(run_or_checkpoint: str | Path) -> LoadedModel:
-    """(fns, params, tokenizer, config) of a run's newest checkpoint or of one checkpoint."""
+    """(fns, params, tokenizer, config) of a run's newest checkpoint, of one checkpoint, or of a
+    Hugging Face model directory (`hf:DIR`)."""
+    directory = hf_checkpoint.hf_dir(str(run_or_checkpoint))
+    if directory is not None:
+        return load_hf_model(directory)
     return load_checkpoint(find_checkpoint(run_or_checkpoint))
+
+
+def load_hf_model(directory: Path, seq_len: int = 256) -> LoadedModel:
+    """A Hugging Face Llama directory as a loaded model (its tokenizer is required)."""
+    from hydra import compose, initialize_config_dir
+
+    from scalelab.configs import CONFIG_DIR
+
+    model = hf_checkpoint.load_hf(directory)
+    if model.tokenizer is None:
+        raise FileNotFoundError(f"{directory}: no tokenizer.json beside the model (eval and generate need one)")
+    arch = {k: v for k, v in model.config.items() if k != "vocab"}
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = compose(config_name="train", overrides=["data=prepared", f"data.seq_len={seq_len}"])
+    with open_dict(config):
+        config.model.update(arch)
+    fns = ModelFns(ModelSpec.from_config(config, model.tokenizer.vocab_size))
+    params = jax.tree.map(jax.numpy.asarray, model.params)
+    return LoadedModel(fns, params, model.tokenizer, config)
 
 
 def load_checkpoint(files: CheckpointFiles) -> LoadedModel:

@@ -6,6 +6,7 @@ string keys; `ModelFns` turns that dict back into the NNX module inside a traced
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -68,3 +69,9 @@ class ModelFns:
 
     def apply(self, params: dict, tokens_BxT, positions_BxT=None):
         return self.module(params)(tokens_BxT, positions_BxT)
+
+
+@functools.lru_cache(maxsize=64)
+def model_fns(spec: ModelSpec) -> ModelFns:
+    """The one `ModelFns` of a spec in this process, so that steps built for it are shared."""
+    return ModelFns(spec)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -183,9 +182,7 @@ def model_spec(config: dict, seq_len: int = 2048, **compute):
     arch = {k: config[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab", "head_dim",
                                    "tied_embeddings")}
     rest = {k: config[k] for k in ("rope_theta", "norm_eps", "init_std", "param_dtype") if k in config}
-    if hasattr(ModelSpec, "build"):  # the spec keeps the architecture in a ledger.Shape
-        return ModelSpec.build(seq_len=seq_len, **arch, **rest, **compute)
-    return ModelSpec(**arch, **rest, **compute)
+    return ModelSpec.build(seq_len=seq_len, **arch, **rest, **compute)
 
 
 # ---- parameters <-> HF state dict -------------------------------------------------------------
@@ -344,64 +341,3 @@ def _weights_dtype(state: dict[str, np.ndarray]) -> str:
     """scalelab's param_dtype for the weights: bfloat16 if they all are, else float32."""
     names = {v.dtype.name for v in state.values()}
     return "bfloat16" if names == {"bfloat16"} else "float32"
-
-
-# ---- directories ---------------------------------------------------------------------------------
-
-class HFModel(NamedTuple):
-    """What `load_hf` reads: scalelab's model config, parameter dict and tokenizer (None if absent)."""
-
-    config: dict
-    params: dict
-    tokenizer: object
-
-
-def export_hf(out: str | Path, spec, params: dict, tokenizer=None, max_positions: int = 2048,
-              overwrite: bool = False) -> list[Path]:
-    """Write a `LlamaForCausalLM` directory: config.json, model.safetensors and, given a scalelab
-    tokenizer, its tokenizer files. Returns the files written."""
-    from scalelab.data import hf_tokenizer
-
-    out = Path(out)
-    names = [CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, *(hf_tokenizer.FILES if tokenizer is not None else ())]
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
-    if tokenizer is not None and tokenizer.vocab_size > spec.vocab:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {spec.vocab} rows")
-    config = hf_config(spec, max_positions, eos_id=None if tokenizer is None else int(tokenizer.eos_id))
-    state = to_hf_state(params, spec)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX_FILE).unlink(missing_ok=True)  # a stale shard index would describe other weights
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    written = [out / CONFIG_FILE, write_safetensors(state, out / WEIGHTS_FILE)]
-    if tokenizer is not None:
-        written += hf_tokenizer.save_hf_tokenizer(tokenizer, out, model_max_length=max_positions)
-    return written
-
-
-def load_hf(directory: str | Path, eos_token: str | None = None) -> HFModel:
-    """(model config, params, tokenizer or None) of a Hugging Face Llama directory.
-
-    The config has scalelab's `model.*` keys (`name`, d_model, n_layers, n_heads, n_kv_heads, d_ff,
-    head_dim, tied_embeddings, rope_theta, norm_eps, init_std, vocab_multiple, param_dtype) plus
-    `vocab`, the embedding's rows (not a `model.*` key: scalelab derives it from the tokenizer and
-    vocab_multiple, which is set so that the directory's own tokenizer gives exactly `vocab`).
-    Parameters are numpy arrays, bfloat16 if all the weights are, else float32.
-    """
-    from scalelab.data import hf_tokenizer
-
-    directory = Path(directory)
-    if not (directory / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (not a Hugging Face model directory)")
-    config = {"name": directory.resolve().name, **model_config(json.loads((directory / CONFIG_FILE).read_text()))}
-    state = read_weights(directory)
-    config["param_dtype"] = _weights_dtype(state)
-    params = from_hf_state(state, config)
-    if config["param_dtype"] == "float32":  # float16 or mixed weights: scalelab keeps float32 parameters
-        params = _tree_map(lambda a: a if a.dtype == np.float32 else a.astype(np.float32), params)
-    tokenizer = None
-    if (directory / hf_tokenizer.TOKENIZER_JSON).is_file():
-        tokenizer = hf_tokenizer.load_hf_tokenizer(directory, eos_token)
-        config["vocab_multiple"] = vocab_multiple(tokenizer.vocab_size, config["vocab"])
-    return HFModel(config, params, tokenizer)

@@ -1,4 +1,4 @@
-"""The model size ladder: named sizes from ~15k to ~7B non-embedding parameters, about 3x apart.
+"""The model size ladder: named sizes from ~3k to ~7B non-embedding parameters, about 2-3x apart.
 
 The rule (so that a new rung is a line in `WIDTH_DEPTH`, not a design decision):
 
@@ -25,6 +25,8 @@ from scalelab import ledger
 
 # name: (d_model, n_layers)
 WIDTH_DEPTH: dict[str, tuple[int, int]] = {
+    "p3k": (16, 1),
+    "p7k": (16, 2),
     "p15k": (32, 1),
     "p30k": (32, 2),
     "p50k": (48, 2),

@@ -48,6 +48,12 @@ def set_host_device_count() -> None:
         _add_flag("xla_force_host_platform_device_count", int(wanted))
 
 
-def prepare() -> None:
+def prepare(argv: list[str] | None = None) -> None:
+    """Set the defaults before JAX starts. A packed sweep (`hydra/launcher=packed` on the command
+    line, or `scalelab bench --sweep`) on a CPU-only host gets one XLA device per core: its members spread over the devices
+    with no collective between them, so every core trains its own members."""
     set_cpu_defaults()
+    packs = argv and ("hydra/launcher=packed" in argv or argv[:1] == ["bench"] and "--sweep" in argv)
+    if packs and not os.environ.get("SCALELAB_HOST_DEVICES"):
+        os.environ["SCALELAB_HOST_DEVICES"] = str(os.cpu_count() or 1)
     set_host_device_count()

@@ -16,14 +16,36 @@ from scalelab import ledger
 from scalelab.config import validate
 from scalelab.data import pipeline
 from scalelab.data.store import TokenStore
-from scalelab.model.functional import ModelFns
+from scalelab.model.functional import ModelFns, model_fns
 from scalelab.model.transformer import ModelSpec
 from scalelab.train import mesh as meshlib
 from scalelab.train import optim
-from scalelab.train.step import Steps, auto_grad_accum, build_steps
+from scalelab.train.hf_checkpoint import with_hf_model
+from scalelab.train.step import Steps, auto_grad_accum, build_steps, rules_key
 
 
-@dataclass
+@dataclass(frozen=True)
+class Cadence:
+    """When a run logs, evaluates and saves (plain numbers: read on every step)."""
+
+    total: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    checkpoint_steps: frozenset
+
+    def evaluates(self, step: int) -> bool:
+        return bool(self.eval_every and step % self.eval_every == 0) or step == self.total
+
+    def saves(self, step: int) -> bool:
+        return bool(self.checkpoint_every and step % self.checkpoint_every == 0) or step in self.checkpoint_steps \
+            or step == self.total
+
+    def logs(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total
+
+
+@dataclass(eq=False)
 class Run:
     """Everything one training run needs, built (and checked) before anything is compiled."""
 
@@ -35,11 +57,12 @@ class Run:
     counts: ledger.Ledger
     mesh: Any
     rules: dict
-    schedule: optim.Schedule
+    hyper: optim.Hyper  # the run's schedule and optimizer numbers: an input of the train step
     fns: ModelFns
     grad_accum: int  # train.grad_accum=0 resolved
     steps: Steps
     config: dict  # the resolved config, as recorded in summary.json and checkpoints
+    cadence: Cadence
 
     @property
     def is_main(self) -> bool:
@@ -54,27 +77,35 @@ class Run:
         global_shape = (self.cfg.train.batch_size, *local_batch.shape[1:])
         return jax.make_array_from_process_local_data(self.steps.batch_sharding, local_batch, global_shape)
 
+    def hyper_input(self):
+        """The run's `hyper`, placed as the train step expects it."""
+        return jax.device_put(self.hyper.as_input(), self.steps.hyper_sharding)
+
     def bpb(self, loss: float) -> float:
         """Bits per byte of a validation loss in nats per token."""
         return loss / np.log(2) / self.store.bytes_per_token("val")
 
 
-def build_run(cfg: DictConfig, run_dir) -> Run:
-    """Validate `cfg` and build its run (jax.distributed must already be initialised)."""
+def build_run(cfg: DictConfig, run_dir, devices=None) -> Run:
+    """Validate `cfg` and build its run (jax.distributed must already be initialised).
+
+    `devices` (default: all) are the devices the run's mesh is made of."""
+    cfg = with_hf_model(cfg)
     validate(cfg)
     t = cfg.train
     store = pipeline.open_store(cfg.data)
     plan = pipeline.plan(store, cfg.data, t.batch_size)
     vocab = store.tokenizer.vocab_size
     spec = ModelSpec.from_config(cfg, vocab)
-    mesh = meshlib.make_mesh(cfg.mesh)
+    mesh = meshlib.make_mesh(cfg.mesh, devices)
     rules = OmegaConf.to_container(cfg.mesh.rules)
-    schedule = optim.schedule_values(cfg.schedule, cfg.optimizer.lr, plan.steps)
-    fns = ModelFns(spec)
+    hyper = optim.hyper_of(cfg.optimizer, cfg.schedule, plan.steps)
+    fns = model_fns(spec)
     grad_accum = t.grad_accum or auto_grad_accum(
         t.batch_size, cfg.data.seq_len, meshlib.batch_shards(rules, mesh, t.batch_size), jax.default_backend())
-    steps = build_steps(fns, optim.make_optimizer(cfg.optimizer), cfg.schedule.name, schedule,
-                        mesh, rules, t.batch_size, grad_accum, impl=cfg.mesh.impl)
+    steps = build_steps(fns, mesh, rules_key(rules), t.batch_size, grad_accum, impl=cfg.mesh.impl)
     return Run(cfg=cfg, run_dir=Path(run_dir), store=store, plan=plan, shape=spec.shape,
-               counts=ledger.Ledger.of(spec.shape), mesh=mesh, rules=rules, schedule=schedule, fns=fns,
-               grad_accum=grad_accum, steps=steps, config=OmegaConf.to_container(cfg, resolve=True))
+               counts=ledger.Ledger.of(spec.shape), mesh=mesh, rules=rules, hyper=hyper, fns=fns,
+               grad_accum=grad_accum, steps=steps, config=OmegaConf.to_container(cfg, resolve=True),
+               cadence=Cadence(plan.steps, t.log_every, t.eval_every, cfg.checkpoint.every,
+                               frozenset(cfg.checkpoint.steps)))

@@ -47,8 +47,7 @@ class Recorder:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not all(math.isfinite(values[k]) for k in ("train_loss", "grad_norm")):
             raise Diverged(step, values)
-        t, total = self.run.cfg.train, self.run.plan.steps
-        if not (evaluate_now or step % t.log_every == 0 or step == total):
+        if not (evaluate_now or self.run.cadence.logs(step)):
             return
         now = time.time()
         tps, fpt = self.run.plan.tokens_per_step, self.run.counts.flops_per_token
@@ -88,21 +87,20 @@ def train_loop(run: Run, state, data_state, start_step: int, ckpt, runlog, summa
     data_iter, eval_set = data_streams(run, data_state)
     eval_loss = summary.get("final_eval_loss")
     loop_start, first_done, pending = time.time(), None, None
+    hyper = run.hyper_input()
     with Progress(total, enabled=run.is_main and t.progress) as bar:
         rec = Recorder(run, runlog, bar, eval_set, start_step, peak)
         bar.update(start_step, None)
         for step in range(start_step + 1, total + 1):
-            state, metrics = run.steps.train_step(state, run.to_global(next(data_iter)))
+            state, metrics = run.steps.train_step(state, run.to_global(next(data_iter)), hyper)
             if pending is not None:
                 rec.record(*pending, state["params"])
             pending = (step, metrics)
             if first_done is None:
                 jax.block_until_ready(metrics)
                 first_done = (step, time.time())
-            is_eval = bool(t.eval_every and step % t.eval_every == 0) or step == total
-            is_ckpt = bool(cfg.checkpoint.every and step % cfg.checkpoint.every == 0) \
-                or step in cfg.checkpoint.steps
-            if is_eval or is_ckpt or guard.requested or step == total:
+            is_eval, is_ckpt = run.cadence.evaluates(step), run.cadence.saves(step)
+            if guard.should_stop(step) or is_eval or is_ckpt or step == total:
                 rec.record(step, metrics, state["params"], evaluate_now=is_eval)
                 pending = None
                 eval_loss = rec.last_row["eval_loss"] if is_eval else eval_loss

@@ -1,9 +1,10 @@
 """AdamW with global-norm clipping, no weight decay on norms, and the learning-rate schedules.
 
-Schedules are functions of the step and a `Schedule` (peak, warmup steps, total steps, decay start,
-final lr) that the train step receives as an input rather than as constants:
-runs that differ only in length (the points of a sweep) then share one compiled step, and JAX's
-persistent compilation cache serves the whole sweep.
+Every number of a run's optimizer and schedule is an input of the compiled train step (a `Hyper`),
+not a constant in it: runs that differ only in length, learning rate, warmup, weight decay,
+clipping, Adam's betas or schedule kind share one compiled program (and JAX's persistent
+compilation cache serves a whole sweep), and a packed sweep stacks their `Hyper`s along a member
+axis to train them as one vmapped program.
 
 * cosine:   linear warmup to the peak, cosine decay to final_lr_ratio * peak at the last step;
 * wsd:      warmup, a stable plateau at the peak, and a linear decay to final_lr_ratio * peak over
@@ -20,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+SCHEDULE_KINDS = ("cosine", "wsd", "constant")
+
 
 def warmup_steps(schedule_cfg, total_steps: int) -> int:
     w = schedule_cfg.warmup
@@ -27,16 +30,28 @@ def warmup_steps(schedule_cfg, total_steps: int) -> int:
 
 
 class Schedule(NamedTuple):
-    """The numbers of one run's learning-rate schedule (a pytree of float32 scalars: a step input)."""
+    """The numbers of one run's learning-rate schedule (float32 scalars)."""
 
     peak: np.float32
     warmup: np.float32  # steps
     total: np.float32  # steps
     decay_start: np.float32  # the step where WSD's decay begins (= total for other schedules)
     final: np.float32  # lr at the end of the decay
+    kind: np.float32  # index into SCHEDULE_KINDS
 
-    def as_input(self) -> Schedule:
-        return Schedule(*(jnp.asarray(v, jnp.float32) for v in self))
+
+class Hyper(NamedTuple):
+    """A run's schedule and optimizer numbers: the per-run input of the train step."""
+
+    schedule: Schedule
+    weight_decay: np.float32
+    clip: np.float32  # global-norm clip; 0 disables
+    b1: np.float32
+    b2: np.float32
+    eps: np.float32
+
+    def as_input(self) -> Hyper:
+        return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), self)
 
 
 def schedule_values(schedule_cfg, peak_lr: float, total_steps: int) -> Schedule:
@@ -45,22 +60,26 @@ def schedule_values(schedule_cfg, peak_lr: float, total_steps: int) -> Schedule:
     decay_start = total_steps - int(round(schedule_cfg.decay * total_steps)) if schedule_cfg.name == "wsd" \
         else total_steps
     final = peak_lr * schedule_cfg.final_lr_ratio
-    return Schedule(*(np.float32(v) for v in (peak_lr, warm, total_steps, decay_start, final)))
+    kind = SCHEDULE_KINDS.index(schedule_cfg.name)
+    return Schedule(*(np.float32(v) for v in (peak_lr, warm, total_steps, decay_start, final, kind)))
 
 
-def learning_rate(name: str, step, sched: Schedule):
-    """The learning rate at `step` (0-based) for schedule `name`."""
-    peak, warm, total, decay_start, final = sched
+def hyper_of(opt_cfg, schedule_cfg, total_steps: int) -> Hyper:
+    """The `Hyper` of a run's `optimizer` and `schedule` configs."""
+    return Hyper(schedule_values(schedule_cfg, opt_cfg.lr, total_steps),
+                 *(np.float32(opt_cfg[k]) for k in ("weight_decay", "clip", "b1", "b2", "eps")))
+
+
+def learning_rate(step, sched: Schedule):
+    """The learning rate at `step` (0-based) of schedule `sched` (every kind computed, one chosen)."""
+    peak, warm, total, decay_start, final, kind = sched
     s = jnp.asarray(step, jnp.float32)
     ramp = peak * (s + 1) / jnp.maximum(warm, 1)
-    if name == "cosine":
-        progress = jnp.clip((s - warm) / jnp.maximum(total - warm, 1), 0, 1)
-        after = final + (peak - final) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
-    elif name == "wsd":
-        progress = jnp.clip((s - decay_start) / jnp.maximum(total - decay_start, 1), 0, 1)
-        after = peak + (final - peak) * progress
-    else:
-        after = peak
+    cos_progress = jnp.clip((s - warm) / jnp.maximum(total - warm, 1), 0, 1)
+    cosine = final + (peak - final) * 0.5 * (1 + jnp.cos(jnp.pi * cos_progress))
+    wsd_progress = jnp.clip((s - decay_start) / jnp.maximum(total - decay_start, 1), 0, 1)
+    wsd = peak + (final - peak) * wsd_progress
+    after = jnp.select([kind == 0, kind == 1], [cosine, wsd], peak)
     return jnp.where(s < warm, ramp, after)
 
 
@@ -69,13 +88,23 @@ def decay_mask(params):
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def make_optimizer(opt_cfg) -> optax.GradientTransformation:
-    """Clipping and AdamW at unit learning rate: the step scales the update by the schedule's lr."""
-    parts = []
-    if opt_cfg.clip > 0:
-        parts.append(optax.clip_by_global_norm(opt_cfg.clip))
-    parts.append(
-        optax.adamw(1.0, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-                    weight_decay=opt_cfg.weight_decay, mask=decay_mask)
-    )
-    return optax.chain(*parts)
+def moments() -> optax.GradientTransformation:
+    """The optimizer state's transform (Adam's moments); its numbers come from `Hyper` at each step."""
+    return optax.scale_by_adam()
+
+
+def adamw_update(params, grads, opt_state, step, hyper: Hyper):
+    """One AdamW step at the schedule's learning rate: (new params, new opt state, lr)."""
+    g_norm = optax.tree.norm(grads)
+    scale = jnp.where((hyper.clip > 0) & (g_norm > hyper.clip), hyper.clip / g_norm, 1.0)
+    grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+    adam = optax.scale_by_adam(b1=hyper.b1, b2=hyper.b2, eps=hyper.eps)
+    direction, opt_state = adam.update(grads, opt_state, params)
+    lr = learning_rate(step, hyper.schedule)
+
+    def apply(p, u, decays):
+        u = u + hyper.weight_decay * p if decays else u
+        return (p - lr * u).astype(p.dtype)
+
+    new_params = jax.tree.map(apply, params, direction, decay_mask(params))
+    return new_params, opt_state, lr

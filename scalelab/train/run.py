@@ -1,19 +1,29 @@
 """One training run, start to finish: build it, take the run directory's lock, choose the start,
-run the loop, and write the summary whatever happens (completed, preempted, diverged, failed)."""
+run the loop, and write the summary whatever happens (completed, preempted, diverged, failed).
+
+A run that fails before its first step (a bad config or data path, a checkpoint that cannot be
+forked or restored) is a failed start. A build failure writes nothing; one after the run directory
+is locked records `status: failed` with the error in its summary (what a sweep's status reports)
+and leaves no empty `checkpoints/` behind. `Attempt` tells the caller how far it got, so that the
+command line can remove a new run's directory after a failed start.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 import traceback
+from dataclasses import dataclass
 
 import jax
 from omegaconf import DictConfig
 
+from scalelab.config import ConfigError, check_keys
+from scalelab.data import pipeline
 from scalelab.runtime import distributed
 from scalelab.train import placement
 from scalelab.train.build import Run, build_run
-from scalelab.train.checkpoint import Checkpointer
+from scalelab.train.checkpoint import Checkpointer, checkpoint_dir
 from scalelab.train.loop import Diverged, train_loop
 from scalelab.train.preemption import PreemptionGuard
 from scalelab.train.rundir import RunLock, previous_state, truncate_metrics
@@ -24,32 +34,70 @@ from scalelab.train.summary import base_summary
 log = logging.getLogger("scalelab")
 
 
-def run(cfg: DictConfig, run_dir) -> dict:
+@dataclass
+class Attempt:
+    """How far one call of `run` got."""
+
+    new: bool = False  # the run directory held no run before this attempt
+    started: bool = False  # the run chose its start and entered the loop: later failures are the run's
+
+
+def run(cfg: DictConfig, run_dir, attempt: Attempt | None = None) -> dict:
     """Train one run into `run_dir` and return its summary (callable without Hydra)."""
+    attempt = attempt if attempt is not None else Attempt()
+    check_keys(cfg)  # before anything runs: a stray key would otherwise train silently
     distributed.initialize(cfg.distributed)
     if jax.config.jax_compilation_cache_dir:  # e.g. JAX_COMPILATION_CACHE_DIR, set per sweep
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    built = build_run(cfg, run_dir)
+    built = build(cfg, run_dir)
     with RunLock(built.run_dir, enabled=built.is_main):
         previous = previous_state(built.run_dir, built.config)
         if previous == "completed":
             log.info("%s already completed with this config; nothing to do", built.run_dir)
             return read_summary(built.run_dir)
-        return fit(built, resuming=previous == "resume")
+        attempt.new = previous == "new"
+        return fit(built, resuming=previous == "resume", attempt=attempt)
 
 
-def fit(run: Run, resuming: bool) -> dict:
+def build(cfg: DictConfig, run_dir) -> Run:
+    """The built run, with errors that name the config key at fault."""
+    try:
+        built = build_run(cfg, run_dir)
+    except FileNotFoundError as exc:  # a prepared dataset is the only file a build reads
+        if cfg.data.source != "prepared":
+            raise
+        raise ConfigError("data.path", str(exc)) from exc
+    sharding = built.steps.batch_sharding
+    pipeline.check_batch_layout(sharding.addressable_devices_indices_map((cfg.train.batch_size, 1)),
+                                cfg.train.batch_size, jax.process_index(), jax.process_count(),
+                                dict(built.mesh.shape))
+    return built
+
+
+def fit(run: Run, resuming: bool, attempt: Attempt | None = None) -> dict:
     """Run the loop inside the error handling that always leaves a truthful summary.json."""
+    attempt = attempt if attempt is not None else Attempt()
     summary = base_summary(run)
     if resuming:
         summary["resumed_from"] = (read_summary(run.run_dir) or {}).get("resumed_from", [])
     if run.is_main:
         log.info("%s", placement.table(run.fns, run.steps, run.mesh))
         log.info("attention %s, %d microbatch(es) per step", run.fns.spec.attention, run.grad_accum)
-    ckpt = Checkpointer(run.run_dir, keep=run.cfg.checkpoint.keep, async_save=run.cfg.checkpoint.async_save)
+    c = run.cfg.checkpoint
+    ckpt = Checkpointer(run.run_dir, keep=c.keep, async_save=c.async_save, steps=c.steps)
     runlog, started = None, time.time()
     try:
         state, data_state, start_step = initial_state(run, ckpt)
+    except BaseException as exc:
+        failed(run, summary, runlog, ckpt, started, exc)
+        if not resuming and run.is_main:
+            try:
+                checkpoint_dir(run.run_dir).rmdir()  # the new run's own, still empty (never a checkpoint)
+            except OSError:
+                pass
+        raise
+    attempt.started = True
+    try:
         runlog = open_log(run, summary, start_step)
         with PreemptionGuard() as guard:
             summary.update(train_loop(run, state, data_state, start_step, ckpt, runlog, summary, guard))
@@ -65,12 +113,16 @@ def fit(run: Run, resuming: bool) -> dict:
     except BaseException as exc:
         if isinstance(exc, SystemExit) and summary.get("status") == "preempted":
             raise
-        summary["status"] = "failed"
-        summary["error"] = {"message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-        finish(run, summary, runlog, ckpt, started)
+        failed(run, summary, runlog, ckpt, started, exc)
         raise
     finish(run, summary, runlog, ckpt, started)
     return summary
+
+
+def failed(run: Run, summary: dict, runlog, ckpt: Checkpointer, started: float, exc: BaseException) -> None:
+    summary["status"] = "failed"
+    summary["error"] = {"message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    finish(run, summary, runlog, ckpt, started)
 
 
 def open_log(run: Run, summary: dict, start_step: int) -> RunLog:

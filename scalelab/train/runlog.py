@@ -19,9 +19,24 @@ SUMMARY = "summary.json"
 PACKAGES = ("scalelab", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "hydra-core", "numpy")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (Orbax threads create files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)  # elsewhere the only way to read it is to set it (briefly, to the strictest)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: Path, obj) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # mkstemp creates 0600; a run's files are for the group too, as open() would make them
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, default=_jsonable)
         f.write("\n")

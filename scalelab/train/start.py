@@ -7,7 +7,7 @@ import logging
 
 import jax
 
-from scalelab.train import optim
+from scalelab.train import hf_checkpoint, optim
 from scalelab.train.build import Run
 from scalelab.train.checkpoint import Checkpointer, CheckpointError, NoCheckpoint, find_checkpoint, load_params
 
@@ -25,7 +25,10 @@ def initial_state(run: Run, ckpt: Checkpointer):
     if run.cfg.fork_from:
         return fork(run, abstract)
     state = steps.init_state(t.seed)
-    if run.cfg.init_from:
+    if hf_checkpoint.hf_dir(run.cfg.init_from) is not None:
+        state["params"] = hf_checkpoint.init_params(run.cfg.init_from, abstract["params"],
+                                                    steps.state_shardings["params"], run.store.tokenizer)
+    elif run.cfg.init_from:
         try:
             check_tokenizer(run, run.cfg.init_from)
         except NoCheckpoint as exc:
@@ -42,7 +45,7 @@ def fork_step(run: Run) -> int:
 def fork(run: Run, abstract):
     """The stable run's full state (parameters, optimizer, data position) at this run's decay start."""
     step = fork_step(run)
-    source = Checkpointer(run.cfg.fork_from, keep=1_000_000, async_save=False)
+    source = Checkpointer.reader(run.cfg.fork_from)
     try:
         if step not in source.steps():
             raise CheckpointError(

@@ -8,6 +8,7 @@ traced function (free at run time); the loss is `scalelab.model.loss.next_token_
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -115,80 +116,108 @@ def shard_map_loss_and_grads(fns: ModelFns, mesh, param_specs, batch_spec, grad_
 
 @dataclass
 class Steps:
-    """The compiled-on-first-call functions of one run, with the shardings they were built for."""
+    """The compiled-on-first-call functions of one step program, with the shardings they were built for.
+
+    Every run-specific number (learning-rate schedule, weight decay, clipping, Adam's betas) is the
+    `hyper` input of `train_step`, so one `Steps` serves every run of its shape: `build_steps`
+    caches them, and runs of one sweep share one compilation.
+    """
 
     fns: ModelFns
-    optimizer: optax.GradientTransformation
     mesh: Any
     state_shardings: Any
     batch_sharding: Any
+    hyper_sharding: Any
     init_state: Any  # (seed) -> state, jitted with out_shardings
-    train_step: Any  # (state, batch) -> (state, metrics), state donated
-    compiled_step: Any  # the jitted (state, batch, schedule) function behind train_step
+    train_step: Any  # (state, batch, hyper) -> (state, metrics), state donated
     eval_step: Any  # (params, batch) -> loss
+    members: int = 0  # 0: one run; M > 0: M runs stacked along a leading member axis
 
 
-def build_steps(fns: ModelFns, optimizer, schedule_name: str, schedule: optim.Schedule, mesh, rules, batch_size: int,
-                grad_accum: int, impl: str = "jit") -> Steps:
-    """The jitted steps. impl=jit lets GSPMD place the collectives; impl=shard_map writes them out.
+def _grads_fn(fns: ModelFns, mesh, param_sh, batch_size: int, grad_accum: int, impl: str):
+    if impl != "shard_map":
+        return partial(loss_and_grads, fns, grad_accum=grad_accum)
+    if mesh.shape["tensor"] > 1:
+        raise ConfigError("mesh.impl", "shard_map writes out data and FSDP parallelism only; set mesh.tensor=1 "
+                                       "or use mesh.impl=jit for tensor parallelism")
+    param_specs = jax.tree.map(lambda s: s.spec, param_sh)
+    if batch_size // grad_accum // (mesh.shape["data"] * mesh.shape["fsdp"]) < 1:
+        raise ConfigError("train.grad_accum", "each device needs at least one row per microbatch")
+    # name both batch axes even when one has size 1, so every device's loss "varies" over both
+    batch_spec = jax.sharding.PartitionSpec(("data", "fsdp"))
+    return shard_map_loss_and_grads(fns, mesh, param_specs, batch_spec, grad_accum)
 
-    The learning-rate schedule's numbers (`optim.Schedule`) are an input of the compiled
-    step, not constants in it, so runs of one shape and different lengths share one compilation.
+
+def one_step(grads_fn, state, batch, hyper: optim.Hyper):
+    """The update of one run: loss and gradients, then AdamW at the schedule's learning rate."""
+    loss, grads = grads_fn(state["params"], batch)
+    params, opt_state, lr = optim.adamw_update(state["params"], grads, state["opt_state"], state["step"], hyper)
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    return new_state, {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
+
+
+def stacked_sharding(sharding, members: int):
+    """A sharding with a leading (replicated) member axis in front of `sharding`'s spec."""
+    if not members:
+        return sharding
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec))
+
+
+@functools.lru_cache(maxsize=32)
+def build_steps(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_accum: int,
+                impl: str = "jit", members: int = 0) -> Steps:
+    """The jitted steps of one shape (cached: runs of a sweep share them).
+
+    impl=jit lets GSPMD place the collectives; impl=shard_map writes them out. With `members` = M,
+    the train step is vmapped over M runs stacked along a leading axis of state, batch and hyper
+    (each member sharded over the mesh as a single run would be; the member axis replicated).
     """
+    rules = dict(rules_items)
     param_sh = meshlib.param_shardings(fns.logical_axes, fns.shapes, rules, mesh)
     batch_sh = meshlib.batch_sharding(rules, mesh, batch_size)
     if grad_accum > 1:
         meshlib.batch_sharding(rules, mesh, batch_size // grad_accum, "train.grad_accum")  # microbatches split too
     replicated = meshlib.replicated(mesh)
+    moments = optim.moments()
 
     def init_state(seed):
         params = fns.init(seed)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": moments.init(params)}
 
     abstract = jax.eval_shape(init_state, 0)
     # optimizer moments mirror their parameter's sharding; scalars (counts) are replicated
-    state_sh = {
-        "step": replicated,
-        "params": param_sh,
-        "opt_state": optax.tree_map_params(optimizer, lambda _, s: s, abstract["opt_state"], param_sh,
-                                           transform_non_params=lambda _: replicated),
-    }
+    state_sh = {"step": replicated, "params": param_sh,
+                "opt_state": optax.tree_map_params(moments, lambda _, s: s, abstract["opt_state"], param_sh,
+                                                   transform_non_params=lambda _: replicated)}
+    step_fn = partial(one_step, _grads_fn(fns, mesh, param_sh, batch_size, grad_accum, impl))
+    if members:
+        if impl == "shard_map":
+            raise ConfigError("mesh.impl", "packed sweeps run with mesh.impl=jit")
+        step_fn = jax.vmap(step_fn)
+    stacked_state = jax.tree.map(lambda s: stacked_sharding(s, members), state_sh)
+    hyper_sh = stacked_sharding(replicated, members)
+    in_sh = (stacked_state, stacked_sharding(batch_sh, members), hyper_sh)
+    train_step = jax.jit(step_fn, in_shardings=in_sh, out_shardings=(stacked_state, hyper_sh), donate_argnums=0)
+    eval_step = jax.jit(partial(next_token_loss, fns), in_shardings=(param_sh, batch_sh), out_shardings=replicated)
+    return Steps(fns=fns, mesh=mesh, state_shardings=state_sh, batch_sharding=batch_sh, hyper_sharding=hyper_sh,
+                 init_state=jax.jit(init_state, out_shardings=state_sh), train_step=train_step,
+                 eval_step=eval_step, members=members)
 
-    if impl == "shard_map":
-        if mesh.shape["tensor"] > 1:
-            raise ConfigError("mesh.impl", "shard_map writes out data and FSDP parallelism only; set mesh.tensor=1 "
-                                           "or use mesh.impl=jit for tensor parallelism")
-        param_specs = jax.tree.map(lambda s: s.spec, param_sh)
-        micro = batch_size // grad_accum // (mesh.shape["data"] * mesh.shape["fsdp"])
-        if micro < 1:
-            raise ConfigError("train.grad_accum", "each device needs at least one row per microbatch")
-        # name both batch axes even when one has size 1, so every device's loss "varies" over both
-        batch_spec = jax.sharding.PartitionSpec(("data", "fsdp"))
-        grads_fn = shard_map_loss_and_grads(fns, mesh, param_specs, batch_spec, grad_accum)
-    else:
-        grads_fn = partial(loss_and_grads, fns, grad_accum=grad_accum)
 
-    def train_step(state, batch, schedule):
-        params = state["params"]
-        loss, grads = grads_fn(params, batch)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        lr = optim.learning_rate(schedule_name, state["step"], schedule)
-        updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates), "opt_state": opt_state}
-        metrics = {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
-        return new_state, metrics
+@functools.lru_cache(maxsize=32)
+def build_member_parallel_step(fns: ModelFns, member_mesh, grad_accum: int):
+    """The train step of runs stacked along a leading member axis that is split over every device
+    of `member_mesh` (axis `data`): each device trains its own members, with no collective at all.
 
-    def eval_step(params, batch):
-        return next_token_loss(fns, params, batch)
+    This is the fastest layout for models small enough that one device holds a whole run (each
+    core of a CPU, each GPU of a host); the member count must divide over the devices.
+    """
+    step_fn = jax.vmap(partial(one_step, partial(loss_and_grads, fns, grad_accum=grad_accum)))
+    spread = jax.sharding.NamedSharding(member_mesh, jax.sharding.PartitionSpec("data"))
+    return jax.jit(step_fn, in_shardings=(spread, spread, spread), out_shardings=(spread, spread),
+                   donate_argnums=0)
 
-    compiled_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh, replicated),
-                            out_shardings=(state_sh, replicated), donate_argnums=0)
-    values = jax.device_put(schedule.as_input(), replicated)
-    return Steps(
-        fns=fns, optimizer=optimizer, mesh=mesh, state_shardings=state_sh,
-        batch_sharding=batch_sh,
-        init_state=jax.jit(init_state, out_shardings=state_sh),
-        train_step=lambda state, batch: compiled_step(state, batch, values),
-        compiled_step=compiled_step,
-        eval_step=jax.jit(eval_step, in_shardings=(param_sh, batch_sh), out_shardings=replicated),
-    )
+
+def rules_key(rules: dict) -> tuple:
+    """`mesh.rules` as a hashable key for the `build_steps` cache."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in rules.items()))

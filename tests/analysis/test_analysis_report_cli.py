@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from scalelab.analysis import report
-from scalelab.cli import analyze as cli
 from scalelab.analysis import synthetic as sy
 from scalelab.analysis.result import FitResult
+from scalelab.cli import analyze as cli
 
 LAW_A = sy.ChinchillaLaw()
 LAW_B = sy.ChinchillaLaw(A=LAW_A.A * 2 ** -LAW_A.alpha, B=LAW_A.B * 2 ** -LAW_A.beta)
@@ -40,7 +40,7 @@ def sweeps(tmp_path_factory):
 def two_study_report(sweeps, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     with pytest.warns(UserWarning):
-        result = report(list(sweeps), out, bootstrap=5, n_starts=48, bootstrap_starts=0, holdout_top=3)
+        result = report(list(sweeps), out, bootstrap=5, n_starts=48, bootstrap_starts=0)
     return out, result
 
 
@@ -62,6 +62,32 @@ def test_report_writes_every_figure_and_markdown(two_study_report):
         assert needle in text, needle
     fits = json.loads((out / "fits.json").read_text())
     assert set(fits) == {"baseline", "better"} and set(fits["baseline"]) == {"kaplan", "1", "2", "3"}
+    assert text.startswith("# Scaling-law report") and text.index("## Verdict") < text.index("## Conventions")
+
+
+def test_fits_json_contract(two_study_report):
+    """The fields other tools read, for every approach (design notes: fits.json)."""
+    out, result = two_study_report
+    fits = json.loads((out / "fits.json").read_text())
+    for study in fits.values():
+        for approach, f in study.items():
+            for key in ("a", "b", "ci", "bootstrap", "status", "reason", "holdout", "converged"):
+                assert key in f, (approach, key)
+            assert f["status"] in ("determined", "not determined")
+            assert f["status"] == "determined" or f["reason"]
+            assert {"requested", "succeeded"} <= set(f["bootstrap"]) and f["bootstrap"]["requested"] == 5
+            for key in ("a", "b"):
+                low, high = f["ci"][key]
+                assert low <= high
+            assert f["holdout"] and all("rel_error" in row for row in f["holdout"]), approach
+        for row in study["2"]["details"]["minima"]:
+            assert {"budget", "n_sizes", "N_opt", "loss", "D_opt", "flops"} <= set(row)
+    # the held-out run is the best run of the largest budget, for every approach
+    table = result.studies[0].table
+    largest = table[table["budget"] == table["budget"].max()]
+    for f in fits["baseline"].values():
+        assert f["holdout"][0]["loss"] == pytest.approx(largest["loss"].min())
+    assert set(json.loads((out / "verdict.json").read_text())) == {"baseline", "better"}
 
 
 def test_report_lists_figures_it_cannot_draw(tmp_path):
@@ -76,7 +102,10 @@ def test_report_lists_figures_it_cannot_draw(tmp_path):
     assert (tmp_path / "out" / "approach3_residuals.png").is_file()
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Figures not drawn" in text and "`training_curves`: no training curves" in text
-    assert "not fitted" in text and "approach 1 needs training curves" in text
+    assert "NOT DETERMINED**: approach 1 needs training curves" in text
+    fits = json.loads((tmp_path / "out" / "fits.json").read_text())
+    assert fits["runs"]["1"]["status"] == "not determined"
+    assert "needs training curves" in fits["runs"]["1"]["reason"]
 
 
 def test_cli_collect_fit_compare_report(sweeps, tmp_path, capsys):
@@ -103,7 +132,7 @@ def test_cli_collect_fit_compare_report(sweeps, tmp_path, capsys):
     out_json = tmp_path / "fit3.json"
     assert cli.main(["fit", str(runs), "--approach", "3", "--n-starts", "64", "--json", str(out_json)]) == 0
     data = json.loads(out_json.read_text())
-    assert data["details"]["n_starts"] == 64 and data["conventions"]["C = kND"].startswith("C = k*N*D")
+    assert data["details"]["n_starts"] == 64 and data["conventions"]["C(N, D)"].startswith("C(N, D) = f(N)*D")
 
     assert cli.main(["fit", str(runs), "--approach", "1", "--json", str(tmp_path / "fit1.json")]) == 0
     assert json.loads((tmp_path / "fit1.json").read_text())["approach"] == "1"

@@ -11,15 +11,12 @@ import venv
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import build_wheel
 
 
 @pytest.mark.slow
 def test_a_wheel_installed_into_a_fresh_venv_trains_from_anywhere(tmp_path):
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(REPO)], check=True, capture_output=True, timeout=300)
-    (wheel,) = wheels.glob("scalelab-*.whl")
+    wheel = build_wheel(tmp_path / "wheels")
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
     py = env_dir / "bin" / "python"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scalelab.cli import export as export_cli
-from scalelab.model import hf
+from scalelab.train import hf_checkpoint as hfc
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -42,7 +42,7 @@ def test_export_hf_of_a_run_loads_in_transformers_and_imports_back(tiny_run, tmp
     assert np.abs(ours - theirs).max() <= 1e-4
     assert transformers.AutoTokenizer.from_pretrained(out)(text)["input_ids"] == ids[0].tolist()
 
-    model_config, imported, imported_tokenizer = hf.load_hf(out)
+    model_config, imported, imported_tokenizer = hfc.load_hf(out)
     assert imported_tokenizer.to_dict() == tokenizer.to_dict()
     assert model_config["vocab_multiple"] == config.model.vocab_multiple and model_config["vocab"] == fns.spec.vocab
     for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "tied_embeddings", "rope_theta", "norm_eps"):

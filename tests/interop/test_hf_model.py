@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from scalelab.model import hf
+from scalelab.train import hf_checkpoint as hfc
 from scalelab.model.transformer import ModelSpec
 
 try:
@@ -64,7 +65,7 @@ def test_exported_model_gives_scalelab_logits_in_transformers(tmp_path, n_kv_hea
 
     fns = ModelFns(tiny_spec(n_kv_heads, tied))
     params = sharp_params(fns, seed=n_kv_heads)
-    written = hf.export_hf(tmp_path, fns.spec, params, ByteTokenizer(), max_positions=16)
+    written = hfc.export_hf(tmp_path, fns.spec, params, ByteTokenizer(), max_positions=16)
     assert {p.name for p in written} >= {"config.json", "model.safetensors", "tokenizer.json"}
     ids = tokens(fns.spec.vocab)
     ours, theirs = scalelab_logits(fns, params, ids), hf_logits(tmp_path, ids)
@@ -73,7 +74,7 @@ def test_exported_model_gives_scalelab_logits_in_transformers(tmp_path, n_kv_hea
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["tie_word_embeddings"] is tied and config["eos_token_id"] == 256 and config["vocab_size"] == 264
     assert ("lm_head.weight" in hf.read_weights(tmp_path)) is not tied
-    config, imported, tokenizer = hf.load_hf(tmp_path)
+    config, imported, tokenizer = hfc.load_hf(tmp_path)
     assert tokenizer.kind == "byte" and config["vocab_multiple"] == 8  # 257 ids padded to 264 rows
     assert np.array_equal(imported["embed"], np.asarray(params["embed"]))
 
@@ -87,7 +88,7 @@ def test_the_rope_layout_is_what_the_comparison_checks(tmp_path):
     wrong = {**params, "blocks": {i: {**b, "attn": {**b["attn"], "wq": b["attn"]["wq"][..., interleave],
                                                     "wk": b["attn"]["wk"][..., interleave]}}
                                   for i, b in params["blocks"].items()}}
-    hf.export_hf(tmp_path, fns.spec, wrong)
+    hfc.export_hf(tmp_path, fns.spec, wrong)
     ids = tokens(fns.spec.vocab)
     assert np.abs(scalelab_logits(fns, params, ids) - hf_logits(tmp_path, ids)).max() > 100 * TOL
 
@@ -111,19 +112,19 @@ def random_hf_model(tmp_path, tied: bool, head_dim: int = 8, **save):
 @pytest.mark.parametrize("tied,head_dim", [(False, 8), (True, 8), (False, 16)])
 def test_transformers_model_imports_with_the_same_logits_and_round_trips_bitwise(tmp_path, tied, head_dim):
     src = random_hf_model(tmp_path / "hf", tied, head_dim)
-    config, params, tokenizer = hf.load_hf(src)
+    config, params, tokenizer = hfc.load_hf(src)
     assert tokenizer is None and config["head_dim"] == head_dim and config["tied_embeddings"] is tied
     assert config["rope_theta"] == 250.0 and config["norm_eps"] == 1e-5 and config["vocab"] == 96
     fns = ModelFns(hf.model_spec(config, attention="xla"))
     ids = tokens(96, seed=1)
     assert np.abs(scalelab_logits(fns, params, ids) - hf_logits(src, ids)).max() <= TOL
 
-    hf.export_hf(tmp_path / "back", fns.spec, params)
+    hfc.export_hf(tmp_path / "back", fns.spec, params)
     original, exported = hf.read_weights(src), hf.read_weights(tmp_path / "back")
     original.pop("lm_head.weight", None) if tied else None  # a tied model's head is the embedding
     assert sorted(original) == sorted(exported)
     assert all(np.array_equal(original[k], exported[k]) and original[k].dtype == exported[k].dtype for k in original)
-    config2, params2, _ = hf.load_hf(tmp_path / "back")
+    config2, params2, _ = hfc.load_hf(tmp_path / "back")
     assert {k: v for k, v in config2.items() if k != "name"} == {k: v for k, v in config.items() if k != "name"}
     flat = lambda t, p="": [x for k, v in t.items() for x in flat(v, f"{p}/{k}")] if isinstance(t, dict) else [(p, t)]
     assert all(np.array_equal(a, b) and pa == pb for (pa, a), (pb, b) in zip(flat(params), flat(params2)))
@@ -132,14 +133,14 @@ def test_transformers_model_imports_with_the_same_logits_and_round_trips_bitwise
 def test_sharded_and_bfloat16_checkpoints_import(tmp_path):
     src = random_hf_model(tmp_path / "sharded", tied=False, max_shard_size="20KB")
     assert (src / hf.INDEX_FILE).exists() and not (src / hf.WEIGHTS_FILE).exists()
-    config, params, _ = hf.load_hf(src)
+    config, params, _ = hfc.load_hf(src)
     fns = ModelFns(hf.model_spec(config, attention="xla"))
     ids = tokens(96, seed=2)
     assert np.abs(scalelab_logits(fns, params, ids) - hf_logits(src, ids)).max() <= TOL
 
     model = transformers.AutoModelForCausalLM.from_pretrained(src).to(torch.bfloat16)
     model.save_pretrained(tmp_path / "bf16")
-    config, params, _ = hf.load_hf(tmp_path / "bf16")
+    config, params, _ = hfc.load_hf(tmp_path / "bf16")
     assert config["param_dtype"] == "bfloat16" and params["embed"].dtype.name == "bfloat16"
     expected = model.model.embed_tokens.weight.detach().float().numpy()
     assert np.array_equal(params["embed"].astype(np.float32), expected)
@@ -194,4 +195,4 @@ def test_weights_that_do_not_map_are_refused_naming_the_tensor(tmp_path):
         hf.from_hf_state({**state, "model.norm.weight": np.ones(31, np.float32)}, config)
     (src / "model.safetensors").rename(src / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="safe_serialization"):
-        hf.load_hf(src)
+        hfc.load_hf(src)

@@ -213,3 +213,90 @@ def test_job_spanning_two_slurm_tasks(slurm_cluster, tmp_path):
     # both tasks ran the job: submitit keeps one log per task
     logs = sorted(p.name for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
     assert any(n.endswith("_0_log.out") for n in logs) and any(n.endswith("_1_log.out") for n in logs), logs
+
+
+def squeue_jobs() -> dict[str, str]:
+    """{job id: state code} of the queue (`7_0` for an array's task)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i %t"], capture_output=True, text=True).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def wait_until(condition, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# 40 steps, a checkpoint every 5, every step logged
+REQUEUED = ["model=p50k", "data.tokens=10240", *SMALL, "train.log_every=1", "checkpoint.every=5"]
+
+
+# how a running job gets requeued: by the cluster (`scontrol requeue`: SLURM sends SIGTERM, the run
+# saves and exits 3), or by submitit on SLURM's SIGUSR2 before a time limit (the run saves and hands
+# the signal to submitit's handler, which requeues the job itself)
+REQUEUE_BY = {
+    "scontrol": lambda job: ["scontrol", "requeue", job],
+    "usr2": lambda job: ["scancel", "--signal=USR2", job],
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_losses(tmp_path_factory):
+    from scalelab.train.runlog import read_metrics
+
+    root = tmp_path_factory.mktemp("uninterrupted")
+    r, _ = scalelab_train(*REQUEUED, f"hydra.run.dir={root / 'run'}", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [row["train_loss"] for row in read_metrics(root / "run")]
+
+
+@pytest.mark.parametrize("how", list(REQUEUE_BY))
+def test_a_requeued_job_resumes_from_its_checkpoint_with_the_uninterrupted_losses(slurm_cluster, tmp_path, how,
+                                                                                   uninterrupted_losses):
+    """A running job requeued: SLURM starts it again and the run resumes from the checkpoint its
+    signal handler saved; submitit and the sweep see one completed job with the uninterrupted losses."""
+    from scalelab.train.runlog import read_metrics
+
+    sweep_dir = tmp_path / "requeue"
+    # slower steps (not other numbers), so that the requeue lands mid-run
+    env = run_env(SCALELAB_FAULTS="step_delay:0.25")
+    t0 = time.time()
+    sweep = subprocess.Popen([TRAIN, "-m", *LAUNCHER, *REQUEUED, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def checkpointed():
+            done = [p for p in sweep_dir.glob("*/checkpoints/*") if p.name.isdigit()]
+            return done and squeue_jobs()
+        jobs = wait_until(checkpointed, 240, "the job's first checkpoint")
+        (job,) = jobs
+        run_dir = next(p.parent.parent for p in sweep_dir.glob("*/checkpoints/*"))
+        subprocess.run(REQUEUE_BY[how](job), check=True, capture_output=True, text=True)
+        # SLURM holds a requeued job for two minutes before it may start again: let it start now
+        wait_until(lambda: squeue_jobs().get(job) == "PD", 60, "the job to be pending again")
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, capture_output=True)
+        out, err = sweep.communicate(timeout=600)
+    finally:
+        sweep.kill()
+    print(f"\njob requeued by {how} on SLURM: {time.time() - t0:.1f} s", file=sys.stderr)
+    assert sweep.returncode == 0, out[-2000:] + err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    (resumed,) = summary["resumed_from"]  # the step at which the signal stopped it
+    assert 0 < resumed < 40
+    ours = read_metrics(run_dir)
+    assert [r["step"] for r in ours] == list(range(1, 41))  # each step once
+    assert [r["train_loss"] for r in ours] == uninterrupted_losses
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.*"))
+    assert {"scontrol": "SIGTERM", "usr2": "Caught signal SIGUSR2"}[how] in logs
+    assert "saved a checkpoint at step" in logs
+
+    def attempts():  # every attempt of the job (-D), polled: sacct lags the jobs
+        raw = subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "JobID,State", "-j", job.split("_")[0]],
+                             capture_output=True, text=True).stdout
+        states = [line.split("|")[1] for line in raw.splitlines() if line.strip()]
+        return states if states and states[-1] == "COMPLETED" else None
+    assert "REQUEUED" in wait_until(attempts, 30, "sacct to record the job's attempts", poll=1.0)

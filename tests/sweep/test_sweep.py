@@ -330,7 +330,7 @@ def test_failed_and_killed_jobs_are_reported_and_relaunch_redoes_only_them(tmp_p
     r = scalelab_train(*args, cwd=tmp_path)
     assert r.returncode != 0  # a job failed: the sweep says so
     runs = summaries(sweep_dir)
-    bad = next(s for name, s in runs.items() if "no-such-checkpoint" in name)
+    bad = next(s for s in runs.values() if "no-such-checkpoint" in str(s["config"]["init_from"]))
     assert bad["status"] == "failed" and "init_from=" in bad["error"]["message"] \
         and "no such run or checkpoint" in bad["error"]["message"]
     assert "Traceback" in bad["error"]["traceback"]

@@ -69,7 +69,7 @@ def test_the_default_config_builds_the_run_it_describes(tmp_path):
     assert run.counts.params == ladder.params_of("p50k", vocab=257, seq_len=cfg.data.seq_len)
     assert run.shape.vocab == 264 and run.shape.head_dim == cfg.model.d_model // cfg.model.n_heads
     assert run.plan.steps == int(cfg.data.tokens) // (cfg.train.batch_size * cfg.data.seq_len)
-    assert run.schedule.total == run.plan.steps and run.schedule.peak == pytest.approx(cfg.model.lr)
+    assert run.hyper.schedule.total == run.plan.steps and run.hyper.schedule.peak == pytest.approx(cfg.model.lr)
 
 
 def _train_cli(tmp_path, *overrides):
@@ -80,10 +80,51 @@ def _train_cli(tmp_path, *overrides):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=120), run_dir
 
 
-@pytest.mark.parametrize("override, key", [("data.tokens=0", "data.tokens"), ("model.n_layrs=2", "n_layrs")])
+@pytest.mark.parametrize("override, key", [
+    ("data.tokens=0", "data.tokens"),
+    ("model.n_layrs=2", "n_layrs"),
+    ("+train.batchsize=8", "train.batchsize"),  # what Hydra suggests after the typo above
+    ("+model.d_modle=3", "model.d_modle"),
+    ("init_from=/nonexistent/run", "init_from=/nonexistent/run"),  # fails after the run dir is locked
+])
 def test_cli_exits_nonzero_naming_the_key_and_leaves_no_run_files(tmp_path, override, key):
-    proc, run_dir = _train_cli(tmp_path, override)
+    proc, run_dir = _train_cli(tmp_path, *override.split())
     assert proc.returncode != 0
     assert key in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("+train.batchsize=8", "train.batchsize: unknown key"),
+    ("+model.d_modle=3", "model.d_modle: unknown key"),
+    ("+mesh.rules.extra=data", None),  # an open group: any key
+])
+def test_keys_added_with_a_plus_are_refused_unless_the_group_is_open(override, key):
+    cfg = compose_config([override])
+    if key is None:
+        validate(cfg)
+        return
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(key) and "did you mean" in str(err.value)
+
+
+def test_a_failed_start_prints_one_error_line_naming_the_data_path(tmp_path):
+    proc, run_dir = _train_cli(tmp_path, "data=prepared", "data.path=/nonexistent/corpus")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: data.path: /nonexistent/corpus"), proc.stderr
+    assert not run_dir.exists()
+
+
+def test_a_failed_start_never_removes_the_directory_of_a_live_run(tmp_path):
+    from scalelab.cli.train import clean_failed_start
+    from scalelab.train.rundir import RunLock
+
+    (tmp_path / ".hydra").mkdir()
+    with RunLock(tmp_path):  # a live run still compiling: nothing but Hydra's files and its lock yet
+        clean_failed_start(tmp_path)
+        assert (tmp_path / ".hydra").is_dir()
+    clean_failed_start(tmp_path)
+    assert not tmp_path.exists()

@@ -10,7 +10,7 @@ from scalelab.model.functional import ModelFns
 from scalelab.model.transformer import ModelSpec
 from scalelab.train import mesh as meshlib
 from scalelab.train import optim
-from scalelab.train.step import build_steps
+from scalelab.train.step import build_steps, rules_key
 
 SPEC = ModelSpec.build(d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=64, vocab=264, head_dim=8)
 BATCH, SEQ, STEPS = 8, 16, 20
@@ -31,13 +31,13 @@ def batches():
 
 def train_losses(data, fsdp, tensor, impl="jit", grad_accum=1, devices=None, batch=BATCH, spec=SPEC):
     mesh = meshlib.make_mesh(mesh_cfg(data, fsdp, tensor), devices)
-    schedule = optim.schedule_values(OmegaConf.structured(ScheduleConfig), 1e-2, STEPS)
-    opt = optim.make_optimizer(OmegaConf.structured(OptimizerConfig(lr=1e-2)))
-    steps = build_steps(ModelFns(spec), opt, "cosine", schedule, mesh, RULES, batch, grad_accum, impl=impl)
+    hyper = optim.hyper_of(OmegaConf.structured(OptimizerConfig(lr=1e-2)), OmegaConf.structured(ScheduleConfig), STEPS)
+    steps = build_steps(ModelFns(spec), mesh, rules_key(RULES), batch, grad_accum, impl=impl)
+    hyper = jax.device_put(hyper.as_input(), steps.hyper_sharding)
     state = steps.init_state(0)
     losses = []
     for b in batches():
-        state, metrics = steps.train_step(state, jax.device_put(b[:batch], steps.batch_sharding))
+        state, metrics = steps.train_step(state, jax.device_put(b[:batch], steps.batch_sharding), hyper)
         losses.append(float(metrics["train_loss"]))
     return np.array(losses), state
 
@@ -58,7 +58,7 @@ def test_meshes_match_one_device(reference, data, fsdp, tensor, impl):
     wq = state["params"]["blocks"]["0"]["attn"]["wq"]
     if fsdp > 1:  # FSDP really shards parameters and optimizer state
         assert wq.sharding.shard_shape(wq.shape)[0] == SPEC.d_model // fsdp
-        mu = state["opt_state"][1][0].mu["blocks"]["0"]["attn"]["wq"]
+        mu = state["opt_state"].mu["blocks"]["0"]["attn"]["wq"]
         assert mu.sharding.spec == wq.sharding.spec
     if tensor > 1:
         assert wq.sharding.shard_shape(wq.shape)[1] == SPEC.n_heads // tensor

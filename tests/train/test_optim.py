@@ -9,8 +9,8 @@ from scalelab.train import optim
 
 def lrs(name, total=100, **kw):
     cfg = OmegaConf.structured(ScheduleConfig(name=name, **kw))
-    values = optim.schedule_values(cfg, 1e-2, total)
-    return np.array([float(optim.learning_rate(name, s, values)) for s in range(total)])
+    sched = optim.schedule_values(cfg, 1e-2, total)
+    return np.array([float(optim.learning_rate(s, sched)) for s in range(total)])
 
 
 def test_warmup_then_cosine_to_the_final_ratio():
@@ -27,24 +27,25 @@ def test_wsd_holds_the_peak_then_decays_linearly():
     assert lrs("constant", warmup=0)[-1] == pytest.approx(1e-2)
 
 
-def lowered_step(total_steps: int, name: str = "cosine") -> str:
+def lowered_step(total_steps: int, name: str = "cosine", lr: float = 1e-3) -> str:
     from scalelab.config import MeshConfig, OptimizerConfig
     from scalelab.model.functional import ModelFns
     from scalelab.model.transformer import ModelSpec
     from scalelab.train import mesh as meshlib
-    from scalelab.train.step import build_steps
+    from scalelab.train.step import build_steps, rules_key
 
     mesh_cfg = OmegaConf.structured(MeshConfig)
-    values = optim.schedule_values(OmegaConf.structured(ScheduleConfig(name=name)), 1e-3, total_steps)
+    hyper = optim.hyper_of(OmegaConf.structured(OptimizerConfig(lr=lr)), OmegaConf.structured(ScheduleConfig(name=name)),
+                           total_steps)
     fns = ModelFns(ModelSpec.build(d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=32, vocab=64, head_dim=8))
-    steps = build_steps(fns, optim.make_optimizer(OmegaConf.structured(OptimizerConfig(lr=1e-3))), name, values,
-                        meshlib.make_mesh(mesh_cfg), OmegaConf.to_container(mesh_cfg.rules), 8, 1)
+    steps = build_steps(fns, meshlib.make_mesh(mesh_cfg), rules_key(OmegaConf.to_container(mesh_cfg.rules)), 8, 1)
     state = jax.eval_shape(steps.init_state, 0)
     batch = jax.ShapeDtypeStruct((8, 9), np.int32, sharding=steps.batch_sharding)
-    return steps.compiled_step.lower(state, batch, values.as_input()).as_text()
+    return steps.train_step.lower(state, batch, hyper.as_input()).as_text()
 
 
-def test_runs_of_different_lengths_share_one_compiled_step():
-    """The schedule is an input of the step: two run lengths lower to the same program (one cache entry)."""
-    assert lowered_step(100) == lowered_step(5000)
-    assert lowered_step(100) != lowered_step(100, "wsd")
+def test_runs_of_different_lengths_and_hyperparameters_share_one_compiled_step():
+    """Schedule and optimizer numbers are inputs of the step: runs of other lengths, learning rates
+    and schedule kinds lower to the same program (one cache entry), and the numbers still matter."""
+    assert lowered_step(100) == lowered_step(5000, "wsd", lr=3e-2)
+    assert not np.allclose(lrs("cosine", warmup=0), lrs("wsd", warmup=0))

@@ -1,0 +1,83 @@
+"""`hydra/launcher=packed`: the sweep's jobs that share a step program train as one vmapped program,
+in this process (see scalelab/sweep/packed.py for what may differ inside a group).
+
+    scalelab-train -m hydra/launcher=packed optimizer.lr=1e-3,3e-3,1e-2 train.seed=0,1 model=p15k
+
+Each job still gets its own run directory with Hydra's `.hydra/` files, `train.log`, metrics,
+summary and checkpoints; `hydra.launcher.max_members` caps a group (0: from the device's memory).
+"""
+
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PackedLauncherConf:
+    _target_: str = "hydra_plugins.scalelab_launchers.packed.PackedLauncher"
+    max_members: int = 0  # runs per packed group; 0: as many as a quarter of the device memory holds
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="scalelab")
+
+
+def _collect(cfg: DictConfig):
+    """The task Hydra runs for each job here: only note its config and run directory."""
+    return copy.deepcopy(cfg), Path(HydraConfig.get().runtime.output_dir)
+
+
+class PackedLauncher(Launcher):
+    def __init__(self, max_members: int = 0) -> None:
+        super().__init__()
+        self.max_members = max_members
+        self.config: DictConfig | None = None
+        self.hydra_context: Any = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+
+    def _prepare(self, job_overrides, initial_job_idx: int) :
+        """Hydra's own per-job set-up (config, output dir, .hydra/ files), without training."""
+        returns = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            returns.append(run_job(hydra_context=self.hydra_context, task_function=_collect, config=sweep_config,
+                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
+
+    def launch(self, job_overrides, initial_job_idx: int) :
+        from scalelab.sweep.packed import Job, run_jobs
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info("Packing %d jobs", len(job_overrides))
+        returns = self._prepare(job_overrides, initial_job_idx)
+        jobs = []
+        for ret in returns:
+            cfg, run_dir = ret.return_value
+            jobs.append(Job(cfg=cfg, run_dir=run_dir))
+        logging.getLogger("scalelab").setLevel(logging.INFO)
+        run_jobs(jobs, self.max_members)
+        for ret, job in zip(returns, jobs, strict=True):
+            if job.error is None:
+                ret.status, ret.return_value = JobStatus.COMPLETED, None
+            else:
+                ret.status, ret._return_value = JobStatus.FAILED, job.error
+        return returns

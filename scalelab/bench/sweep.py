@@ -1,0 +1,99 @@
+"""The sweep benchmark: one small grid (learning rates x seeds of one model) trained three ways in
+one invocation, compared by wall time and by effective model FLOP/s over the measured peak:
+
+* packed:      `hydra/launcher=packed`, the grid as one vmapped program in this process;
+* in-process:  one run after another in this process (Hydra's basic launcher does this);
+* processes:   one `scalelab-train` process per run, one after another (what the `local`
+               submitit launcher does: every run pays its interpreter start, imports and compile).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GRID_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+GRID_SEEDS = (0, 1)
+
+
+def grid(model: str, steps: int, seq_len: int = 64, batch_size: int = 8) -> list[list[str]]:
+    base = [f"model={model}", f"data.seq_len={seq_len}", f"train.batch_size={batch_size}",
+            f"data.tokens={steps * seq_len * batch_size}", "train.progress=false", "train.eval_tokens=8192",
+            "train.log_every=50"]
+    return [base + [f"optimizer.lr={lr}", f"train.seed={seed}"] for lr in GRID_LRS for seed in GRID_SEEDS]
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+
+    from scalelab.configs import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def run_packed(jobs: list[list[str]], root: Path) -> float:
+    from scalelab.sweep.packed import Job, run_jobs
+
+    t0 = time.perf_counter()
+    done = run_jobs([Job(cfg=_compose(o), run_dir=root / f"packed{i}") for i, o in enumerate(jobs)])
+    seconds = time.perf_counter() - t0
+    failed = [j.run_dir.name for j in done if j.error is not None]
+    if failed:
+        raise RuntimeError(f"packed bench runs failed: {failed}")
+    return seconds
+
+
+def run_in_process(jobs: list[list[str]], root: Path) -> float:
+    import jax
+
+    from scalelab.train.build import build_run
+    from scalelab.train.run import fit
+
+    t0 = time.perf_counter()
+    for i, overrides in enumerate(jobs):
+        fit(build_run(_compose(overrides), root / f"solo{i}", jax.local_devices()[:1]), resuming=False)
+    return time.perf_counter() - t0
+
+
+def run_processes(jobs: list[list[str]], root: Path) -> float:
+    t0 = time.perf_counter()
+    for i, overrides in enumerate(jobs):
+        cmd = [sys.executable, "-c", "from scalelab.cli.entry import train; train()",
+               f"hydra.run.dir={root / f'proc{i}'}", *overrides]
+        subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def bench_sweep(model: str = "p15k", steps: int = 300) -> dict:
+    """Wall times of the three ways, their ratios, and the effective MFU of each."""
+    from scalelab import ledger
+    from scalelab.model import ladder
+    from scalelab.runtime import hardware
+
+    jobs = grid(model, steps)
+    r = ladder.rung(model)
+    shape = ledger.Shape(d_model=r["d_model"], n_layers=r["n_layers"], n_heads=r["n_heads"],
+                         n_kv_heads=r["n_kv_heads"], d_ff=r["d_ff"], vocab=264, seq_len=64)
+    flops = len(jobs) * steps * 64 * 8 * ledger.flops_per_token(shape)
+    peak_before = hardware.measured_matmul_peak()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        seconds = {"packed": run_packed(jobs, root), "in-process": run_in_process(jobs, root),
+                   "processes": run_processes(jobs, root)}
+    peak = max(peak_before, hardware.measured_matmul_peak())
+    return {"model": model, "members": len(jobs), "steps": steps, "flops": flops, "peak_flops": peak,
+            "seconds": seconds, "speedup": {k: v / seconds["packed"] for k, v in seconds.items()},
+            "mfu": {k: flops / v / peak for k, v in seconds.items()}}
+
+
+def format_sweep(result: dict) -> str:
+    lines = [f"sweep bench: {result['members']} runs of {result['model']} x {result['steps']} steps "
+             f"(4 learning rates x 2 seeds, seq 64, batch 8); peak {result['peak_flops'] / 1e9:.0f} GFLOP/s"]
+    for way, seconds in result["seconds"].items():
+        lines.append(f"  {way:<11} {seconds:7.1f} s   {result['speedup'][way]:5.2f}x the packed time   "
+                     f"effective MFU {result['mfu'][way]:.1%}")
+    return "\n".join(lines)

@@ -1,0 +1,358 @@
+"""Packed training: runs that share one step program train together as one vmapped program.
+
+Each member is a normal run (its own run directory, lock, checkpoints, data order, schedule,
+metrics and summary); only the device program is shared. Members are stacked along a leading
+axis of the train state, the batch and the `Hyper` input, and `build_steps(..., members=M)`
+vmaps the single-run step over it. When a member finishes (or diverges) it is evaluated,
+finalized and taken out of the stack: the remaining members go on in a program for M - 1 (one
+more compilation per distinct M), so a finished member's slot costs nothing afterwards.
+
+Which runs can share a program is decided by `group_key` (scalelab/sweep/packed.py groups a
+sweep's jobs by it): everything that shapes the program (model, sequence length, batch,
+precision, microbatches, remat, mesh, data) must be equal; what the step takes as inputs
+(learning rate and schedule, weight decay, clipping, Adam's betas, seed, run length) may differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scalelab.train.build import Run
+from scalelab.train.checkpoint import Checkpointer
+from scalelab.train.loop import Diverged, Recorder, data_streams, evaluate
+from scalelab.train.preemption import PreemptionGuard
+from scalelab.train.progress import Progress
+from scalelab.train.run import finish, open_log
+from scalelab.train.rundir import RunLock, previous_state
+from scalelab.train.runlog import read_summary
+from scalelab.train.start import initial_state
+from scalelab.train.step import build_member_parallel_step, build_steps, rules_key, stacked_sharding
+from scalelab.train.summary import base_summary, checkpoint_meta
+
+log = logging.getLogger("scalelab")
+
+
+@dataclass(eq=False)
+class Member:
+    """One run of a packed group, with the files and streams it owns."""
+
+    run: Run
+    lock: RunLock
+    ckpt: Checkpointer | None = None
+    runlog: object = None
+    summary: dict = field(default_factory=dict)
+    data_iter: object = None
+    eval_set: list = field(default_factory=list)
+    step: int = 0
+    rec: Recorder | None = None
+    started: float = field(default_factory=time.time)
+    first_done: tuple | None = None
+    eval_loss: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.run.run_dir.name
+
+
+def group_key(run: Run) -> tuple:
+    """Runs with equal keys can train as one vmapped program."""
+    cfg = run.cfg
+    data = {k: v for k, v in run.config["data"].items() if k not in ("tokens", "prefetch")}
+    return (run.fns.spec, tuple(run.mesh.shape.items()), rules_key(run.rules), cfg.train.batch_size,
+            run.grad_accum, cfg.mesh.impl, str(sorted(data.items())), cfg.train.eval_tokens)
+
+
+@jax.jit
+def _stacked(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _stack(trees: list, shardings):
+    """Member trees -> one tree with a leading member axis, placed with `shardings`."""
+    device = jax.local_devices()[0]
+    return jax.device_put(_stacked(jax.device_put(trees, device)), shardings)
+
+
+@jax.jit
+def _slice(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _member_of(stacked, i: int, shardings):
+    """Member i's tree out of a stacked tree, placed as a single run's (one compiled slice per tree)."""
+    return jax.device_put(_slice(stacked, jnp.int32(i)), shardings)
+
+
+class PackedGroup:
+    """Trains a list of runs that share `group_key` to the end, as one program."""
+
+    def __init__(self, runs: list[Run]):
+        keys = {group_key(r) for r in runs}
+        if len(keys) != 1:
+            raise ValueError("a packed group's runs must share one step program (see group_key)")
+        self.leader = runs[0]
+        self.members: list[Member] = []
+        self.results: dict[str, dict] = {}
+        self.pending: list[Member] = [Member(run=r, lock=RunLock(r.run_dir, enabled=r.is_main)) for r in runs]
+        self.names = [r.run_dir.name for r in runs]
+
+    # ---- starting ---------------------------------------------------------------------------
+    def start(self) -> list:
+        """Open every member (skipping completed ones); returns the member states to stack."""
+        states = []
+        for m in self.pending:
+            try:
+                state = self._open(m)
+            except Exception as exc:  # noqa: BLE001 - one member's bad start must not stop the others
+                self._fail(m, exc)
+                continue
+            if state is not None:
+                self.members.append(m)
+                states.append(state)
+        return states
+
+    def _open(self, m: Member):
+        m.lock.__enter__()
+        previous = previous_state(m.run.run_dir, m.run.config)
+        if previous == "completed":
+            log.info("%s already completed with this config; nothing to do", m.run.run_dir)
+            self.results[m.name] = read_summary(m.run.run_dir)
+            m.lock.__exit__(None, None, None)
+            return None
+        m.summary = base_summary(m.run) | {"packed_with": self.names}
+        if previous == "resume":
+            m.summary["resumed_from"] = (read_summary(m.run.run_dir) or {}).get("resumed_from", [])
+        cfg = m.run.cfg
+        c = cfg.checkpoint
+        m.ckpt = Checkpointer(m.run.run_dir, keep=c.keep, async_save=c.async_save, steps=c.steps)
+        state, data_state, m.step = initial_state(m.run, m.ckpt)
+        m.runlog = open_log(m.run, m.summary, m.step)
+        m.data_iter, m.eval_set = data_streams(m.run, data_state)
+        m.eval_loss = m.summary.get("final_eval_loss")
+        return state
+
+    # ---- ending a member --------------------------------------------------------------------
+    def _fail(self, m: Member, exc: BaseException) -> None:
+        m.summary = m.summary or {"status": "failed", "packed_with": self.names}
+        m.summary.update(status="failed", error={"message": f"{type(exc).__name__}: {exc}",
+                                                 "traceback": traceback.format_exc()})
+        self._close(m)
+        log.error("%s failed: %s", m.name, exc)
+
+    def _close(self, m: Member) -> None:
+        if m.ckpt is not None:
+            finish(m.run, m.summary, m.runlog, m.ckpt, m.started)
+        elif m.run.is_main:
+            from scalelab.train.runlog import RunLog
+
+            runlog = RunLog(m.run.run_dir, enabled=True, tensorboard=False)
+            runlog.summary(m.summary)
+            runlog.close()
+        m.lock.__exit__(None, None, None)
+        self.results[m.name] = m.summary
+
+    def _complete(self, m: Member, params, peak: float, status: str) -> None:
+        if m.eval_loss is None:
+            m.eval_loss = evaluate(m.run, params, m.eval_set)
+        rec = m.rec
+        m.summary.update(final_eval_loss=m.eval_loss, final_train_loss=rec.last_row.get("train_loss"),
+                         final_eval_bpb=m.run.bpb(m.eval_loss), peak_flops=peak, steps_done=rec.last_step,
+                         status=status)
+        if m.first_done is not None:
+            done_step, done_time = m.first_done
+            seconds = time.time() - done_time - rec.eval_seconds
+            speed = (rec.last_step - done_step) * m.run.plan.tokens_per_step / seconds if seconds > 0 else None
+            if speed:
+                m.summary.update(tokens_per_second=speed, mfu=speed * m.run.counts.flops_per_token / peak)
+        self._close(m)
+
+
+class Layout:
+    """Where a packed group's stack lives: split over the devices of `member_mesh` (each device
+    trains whole members, no collectives), or replicated with each member sharded over the run's
+    own mesh as a single run would be (for members too large for one device)."""
+
+    def __init__(self, leader: Run, member_mesh=None):
+        self.leader, self.member_mesh = leader, member_mesh
+        self.spread = None if member_mesh is None else jax.sharding.NamedSharding(
+            member_mesh, jax.sharding.PartitionSpec("data"))
+
+    def width(self, members: int) -> int:
+        """The stack's size: the members, plus idle copies so that it splits over the devices."""
+        multiple = 1 if self.member_mesh is None else self.member_mesh.size
+        return -(-members // multiple) * multiple
+
+    def train_step(self, width: int):
+        run = self.leader
+        if self.member_mesh is not None:
+            return build_member_parallel_step(run.fns, self.member_mesh, run.grad_accum)
+        return build_steps(run.fns, run.mesh, rules_key(run.rules), run.cfg.train.batch_size, run.grad_accum,
+                           run.cfg.mesh.impl, members=width).train_step
+
+    def shardings(self, width: int):
+        """(state, batch, hyper) shardings of a stack of `width`."""
+        if self.spread is not None:
+            return self.spread, self.spread, self.spread
+        steps = self.leader.steps
+        state = jax.tree.map(lambda s: stacked_sharding(s, width), steps.state_shardings)
+        return state, stacked_sharding(steps.batch_sharding, width), stacked_sharding(steps.hyper_sharding, width)
+
+
+class PackedLoop:
+    """The loop of a packed group: one vmapped step per iteration, per-member bookkeeping."""
+
+    def __init__(self, group: PackedGroup, peak: float, layout: Layout):
+        self.g, self.peak, self.layout = group, peak, layout
+        self.step_fn = self.state = self.hyper = None
+        self.width = 0
+
+    def _compile(self, states: list) -> None:
+        members = len(self.g.members)
+        self.width = self.layout.width(members)
+        ghosts = self.width - members
+        self.step_fn = self.layout.train_step(self.width)
+        state_sh, self.batch_sh, hyper_sh = self.layout.shardings(self.width)
+        self.state = _stack(states + [states[-1]] * ghosts, state_sh)
+        hypers = [m.run.hyper.as_input() for m in self.g.members]
+        self.hyper = _stack(hypers + [hypers[-1]] * ghosts, hyper_sh)
+        log.info("packed: %d member(s) in one program%s: %s", members,
+                 f" (+{ghosts} idle cop{'y' if ghosts == 1 else 'ies'} to fill the devices)" if ghosts else "",
+                 ", ".join(m.name for m in self.g.members))
+
+    def _batch(self):
+        rows = [next(m.data_iter) for m in self.g.members]
+        local = np.stack(rows + [rows[-1]] * (self.width - len(rows)))
+        shape = (local.shape[0], self.g.leader.cfg.train.batch_size, *local.shape[2:])
+        return jax.make_array_from_process_local_data(self.batch_sh, local, shape)
+
+    def _repack(self, leaving: list[int]) -> None:
+        """Take the members at `leaving` out of the stack (they are finalized already)."""
+        keep = [i for i in range(len(self.g.members)) if i not in leaving]
+        states = [self.member_state(i) for i in keep]
+        self.g.members = [self.g.members[i] for i in keep]
+        if self.g.members:
+            self._compile(states)
+
+    def member_params(self, i: int):
+        return _member_of(self.state["params"], i, self.g.leader.steps.state_shardings["params"])
+
+    def member_state(self, i: int):
+        return _member_of(self.state, i, self.g.leader.steps.state_shardings)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self, guard: PreemptionGuard) -> None:
+        pending = None
+        while self.g.members:
+            members = list(self.g.members)
+            self.state, metrics = self.step_fn(self.state, self._batch(), self.hyper)
+            for m in members:
+                m.step += 1
+            if pending is not None:
+                self._record(*pending)
+            pending = (members, metrics)
+            if members[0].first_done is None:
+                jax.block_until_ready(metrics)
+                for m in members:
+                    m.first_done = (m.step, time.time())
+            events = {m.name: self._events(m, guard) for m in self.g.members}
+            if any(events.values()) or len(self.g.members) < len(members):
+                self._record(*pending, events=events)
+                pending = None
+                self._act(events, guard)
+            if guard.requested:
+                break
+        if pending is not None:
+            self._record(*pending)
+
+    def _events(self, m: Member, guard) -> set:
+        cadence, step = m.run.cadence, m.step
+        out = set()
+        if cadence.evaluates(step):
+            out.add("eval")
+        if cadence.saves(step) or guard.requested:
+            out.add("save")
+        if step == cadence.total:
+            out.add("end")
+        return out
+
+    def _record(self, members: list[Member], metrics, events: dict | None = None) -> None:
+        """Write each member's row; a member with non-finite metrics is finalized as diverged."""
+        values = jax.device_get(metrics)
+        diverged = []
+        for j, m in enumerate(members):
+            if m not in self.g.members:
+                continue
+            own = {k: v[j] for k, v in values.items()}
+            i = self.g.members.index(m)
+            wants_eval = bool(events and "eval" in events.get(m.name, ()))
+            try:
+                step = m.step if events is not None else m.step - 1
+                m.rec.record(step, own, self.member_params(i) if wants_eval else None, evaluate_now=wants_eval)
+            except Diverged as exc:
+                m.summary.update(status="diverged", diverged_at_step=exc.step, error={"message": str(exc)},
+                                 last_checkpoint=max(m.ckpt.steps(), default=None))
+                log.warning("%s diverged at step %d; its %d sibling(s) go on", m.name, exc.step,
+                            len(self.g.members) - 1)
+                self.g._close(m)
+                diverged.append(i)
+                continue
+            if wants_eval:
+                m.eval_loss = m.rec.last_row["eval_loss"]
+        if diverged:
+            self._repack(diverged)
+
+    def _act(self, events: dict, guard) -> None:
+        """Save, and finalize the members that reached their last step."""
+        ended = []
+        for i, m in enumerate(self.g.members):
+            todo = events.get(m.name, set())
+            if "save" in todo:
+                m.ckpt.save(m.step, self.member_state(i), m.data_iter.get_state(), checkpoint_meta(m.run, m.step),
+                            force=True)
+            if "end" in todo:
+                self.g._complete(m, self.member_params(i), self.peak, "completed")
+                ended.append(i)
+            elif guard.requested:
+                self.g._complete(m, self.member_params(i), self.peak, "preempted")
+        if guard.requested:
+            log.warning("signal %s: saved every member's checkpoint, stopping", guard.signum)
+            self.g.members = []
+        elif ended:
+            self._repack(ended)
+
+
+def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | None = None) -> dict[str, dict]:
+    """Train `runs` (sharing one `group_key`) as one packed program; each run's summary by name.
+
+    With `member_mesh`, members are spread over its devices (see `Layout`). With a `guard` (the
+    caller's), a preemption signal stops the group after saving, and the caller hands it over."""
+    from scalelab.runtime import hardware
+
+    group = PackedGroup(runs)
+    states = group.start()
+    if not group.members:
+        return group.results
+    peak, _ = hardware.peak_flops(group.leader.cfg.train.precision)
+    loop = PackedLoop(group, peak, Layout(group.leader, member_mesh))
+    for m in group.members:
+        m.rec = Recorder(m.run, m.runlog, Progress(m.run.plan.steps, enabled=False), m.eval_set, m.step, peak)
+    own = guard is None
+    with PreemptionGuard() if own else contextlib.nullcontext(guard) as guard:
+        try:
+            loop._compile(states)
+            loop.run(guard)
+        except BaseException as exc:
+            for m in list(group.members):
+                group._fail(m, exc)
+            raise
+        if own and guard.requested:
+            guard.hand_over()
+    return group.results

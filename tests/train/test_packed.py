@@ -1,0 +1,115 @@
+"""Packed sweeps: members match solo runs, diverge alone, and resume exactly after kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from scalelab.sweep.packed import Job, run_jobs
+from scalelab.train.build import build_run
+from scalelab.train.run import fit
+from scalelab.train.runlog import read_metrics, read_summary
+from tests.helpers import REPO, TINY, compose_config
+
+PACKED = TINY + ["data.tokens=4096"]  # 16 steps of a tiny model
+
+
+def jobs_for(tmp_path, values, extra=()):
+    return [Job(cfg=compose_config(PACKED + [f"optimizer.lr={lr}", *extra]), run_dir=tmp_path / f"lr{lr}")
+            for lr in values]
+
+
+def train_losses(run_dir):
+    return np.array([r["train_loss"] for r in read_metrics(run_dir)])
+
+
+def test_each_member_matches_its_solo_run_on_one_device(tmp_path):
+    """Members spread over the 8 test devices train as the same runs alone on one device do."""
+    jobs = run_jobs(jobs_for(tmp_path / "packed", [3e-3, 1e-2, 3e-2]))
+    assert all(j.error is None for j in jobs), [j.error for j in jobs]
+    for lr in (3e-3, 1e-2, 3e-2):
+        solo_dir = tmp_path / f"solo{lr}"
+        fit(build_run(compose_config(PACKED + [f"optimizer.lr={lr}"]), solo_dir, jax.devices()[:1]), False)
+        packed_dir = tmp_path / "packed" / f"lr{lr}"
+        np.testing.assert_allclose(train_losses(packed_dir), train_losses(solo_dir), rtol=1e-4)
+        summary, solo = read_summary(packed_dir), read_summary(solo_dir)
+        assert summary["status"] == "completed" and len(summary["packed_with"]) == 3
+        assert summary["final_eval_loss"] == pytest.approx(solo["final_eval_loss"], rel=1e-4)
+    losses = [train_losses(tmp_path / "packed" / f"lr{lr}")[-1] for lr in (3e-3, 1e-2, 3e-2)]
+    assert len(set(losses)) == 3  # each member really trained with its own learning rate
+
+
+def test_members_of_different_lengths_finish_on_their_own_step(tmp_path):
+    jobs = [Job(cfg=compose_config(TINY + [f"data.tokens={t}"]), run_dir=tmp_path / f"t{t}") for t in (2048, 4096)]
+    run_jobs(jobs)
+    assert [read_summary(j.run_dir)["steps_done"] for j in jobs] == [8, 16]
+    assert [r["step"] for r in read_metrics(jobs[0].run_dir)] == list(range(1, 9))
+
+
+def test_a_diverging_member_is_frozen_while_its_siblings_complete(tmp_path):
+    jobs = run_jobs(jobs_for(tmp_path, [1e-2, 1e12, 3e-3]))
+    statuses = {j.run_dir.name: read_summary(j.run_dir)["status"] for j in jobs}
+    assert statuses == {"lr0.01": "completed", "lr1000000000000.0": "diverged", "lr0.003": "completed"}
+    assert jobs[1].error is not None and jobs[0].error is None
+    assert len(read_metrics(jobs[0].run_dir)) == 16
+
+
+def sweep_command(sweep_dir, *extra):
+    return [sys.executable, "-c", "from scalelab.cli.entry import train; train()", "-m", "hydra/launcher=packed",
+            *TINY, "model.d_model=64", "model.d_ff=128", "data.seq_len=64", "data.tokens=20480",
+            "checkpoint.every=8", "optimizer.lr=3e-3,1e-2", "train.seed=0,1", f"hydra.sweep.dir={sweep_dir}", *extra]
+
+
+def member_losses(sweep_dir):
+    return {d.name: {r["step"]: r["train_loss"] for r in read_metrics(d)}
+            for d in sorted(sweep_dir.iterdir()) if (d / "summary.json").exists()}
+
+
+@pytest.mark.slow
+def test_kill9_of_a_packed_sweep_resumes_every_member_bitwise(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    straight = tmp_path / "straight"
+    subprocess.run(sweep_command(straight), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    expected = member_losses(straight)
+    assert len(expected) == 4 and all(len(v) == 40 for v in expected.values())
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(sweep_command(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(killed.glob("*/checkpoints/16")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(killed.glob("*/checkpoints/16")), "the sweep never reached its second checkpoint"
+    subprocess.run(sweep_command(killed), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    assert member_losses(killed) == expected  # bitwise, each step logged once
+    for d in killed.iterdir():
+        if (d / "summary.json").exists():
+            summary = read_summary(d)
+            assert summary["status"] == "completed" and summary["resumed_from"], d.name
+
+
+@pytest.mark.slow
+def test_groups_of_two_models_train_side_by_side_one_per_device(tmp_path):
+    """With as many groups as devices, each device trains its own group (lanes), and every member
+    still trains as it does alone."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    cmd = [sys.executable, "-c", "from scalelab.cli.entry import train; train()", "-m", "hydra/launcher=packed",
+           *TINY, "model.d_model=32,48", "optimizer.lr=3e-3,1e-2", f"hydra.sweep.dir={tmp_path / 'lanes'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "on cpu:0" in out and "on cpu:1" in out
+    runs = [d for d in (tmp_path / "lanes").iterdir() if (d / "summary.json").exists()]
+    assert len(runs) == 4 and all(read_summary(d)["status"] == "completed" for d in runs)
+    config = lambda d: read_summary(d)["config"]
+    one = next(d for d in runs if config(d)["model"]["d_model"] == 48 and config(d)["optimizer"]["lr"] == 1e-2)
+    solo = tmp_path / "solo"
+    fit(build_run(compose_config(TINY + ["model.d_model=48", "optimizer.lr=1e-2"]), solo, jax.devices()[:1]), False)
+    np.testing.assert_allclose(train_losses(one), train_losses(solo), rtol=1e-4)
