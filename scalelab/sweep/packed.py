@@ -108,6 +108,8 @@ def run_jobs(jobs: list[Job], max_members: int = 0) -> list[Job]:
         else:
             mesh = members_mesh()
             for group in groups:
+                if guard.requested:  # the groups not started yet stay as they are: a relaunch runs them
+                    break
                 _train_group(group, built, guard, mesh if spreads_members(group[0].cfg) else None)
         if guard.requested:
             guard.hand_over()

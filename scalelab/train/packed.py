@@ -148,9 +148,10 @@ class PackedGroup:
         log.error("%s failed: %s", m.name, exc)
 
     def _close(self, m: Member) -> None:
+        holds_dir = m.lock._fd is not None or not m.lock.enabled
         if m.ckpt is not None:
             finish(m.run, m.summary, m.runlog, m.ckpt, m.started)
-        elif m.run.is_main:
+        elif m.run.is_main and holds_dir:  # never write into a directory a live run holds
             from scalelab.train.runlog import RunLog
 
             runlog = RunLog(m.run.run_dir, enabled=True, tensorboard=False)
