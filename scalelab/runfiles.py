@@ -1,8 +1,8 @@
 """The names of the files a run and a sweep write: defined here once, read by every layer.
 
 A run directory holds `.hydra/` (Hydra's), `train.log`, `metrics.jsonl` (one JSON object per
-logged step), `summary.json` (the run's record), `checkpoints/<step>/` (Orbax) and
-`tensorboard/`; a sweep directory holds its runs and the IsoFLOP sweeper's `plan.json`.
+logged step), `summary.json` (the run's record), `checkpoints/<step>/` (Orbax),
+`checkpoint_files/` and `tensorboard/`; a sweep directory holds its runs and the IsoFLOP sweeper's `plan.json`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 DAMAGED = "checkpoints_damaged"
+CHECKPOINT_FILES = "checkpoint_files"  # <step>.json: each checkpoint's file sizes and checksums
 TENSORBOARD = "tensorboard"
 PLAN = "plan.json"
 

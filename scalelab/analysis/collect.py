@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scalelab.runfiles import CHECKPOINTS, HYDRA, METRICS, SUMMARY
+
 from .errors import AnalysisError, AnalysisWarning
 from .table import CURVE_COLUMNS, INCLUDED_STATUS
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
 NO_LOSS_STATUS = "completed-without-loss"
 UNREADABLE_STATUS = "unreadable"
 
@@ -73,8 +73,8 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     """Run directories (those with a summary.json) under ``sweep_dir``, sorted."""
     found = []
     for root, dirs, files in os.walk(sweep_dir):
-        dirs[:] = sorted(d for d in dirs if d not in (".hydra", "checkpoints"))
-        if SUMMARY_FILE in files:
+        dirs[:] = sorted(d for d in dirs if d not in (HYDRA, CHECKPOINTS))
+        if SUMMARY in files:
             found.append(Path(root))
     return sorted(found)
 
@@ -83,7 +83,7 @@ def read_summary_row(run_dir: Path, sweep: str) -> dict:
     """One table row from a run's summary.json (status 'unreadable' if it can't be parsed)."""
     row = {"sweep": sweep, "run_dir": str(run_dir)}
     try:
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        summary = json.loads((run_dir / SUMMARY).read_text())
         if not isinstance(summary, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
@@ -118,7 +118,7 @@ def read_summary_row(run_dir: Path, sweep: str) -> dict:
 
 def read_curve(run_dir: Path) -> tuple[pd.DataFrame, int]:
     """A run's metrics.jsonl as a curve table; also the number of unreadable lines."""
-    path = run_dir / METRICS_FILE
+    path = run_dir / METRICS
     if not path.is_file():
         return pd.DataFrame(columns=list(CURVE_COLUMNS)), 0
     rows, bad = [], 0
@@ -164,7 +164,7 @@ def collect(dirs, keep_excluded: bool = False, curves: bool = True) -> pd.DataFr
             raise AnalysisError(f"sweep directory not found: {str(sweep_dir)!r}")
         run_dirs = find_run_dirs(sweep_dir)
         if not run_dirs:
-            raise AnalysisError(f"no runs found under {str(sweep_dir)!r} (no {SUMMARY_FILE} at any depth)")
+            raise AnalysisError(f"no runs found under {str(sweep_dir)!r} (no {SUMMARY} at any depth)")
         sweep = sweep_dir.resolve().name
         rows.extend(read_summary_row(run_dir, sweep) for run_dir in run_dirs)
     table = pd.DataFrame(rows)
@@ -229,7 +229,7 @@ def collect_curves(run_dirs) -> pd.DataFrame:
         if len(curve):
             parts.append(curve)
     if bad_lines:
-        warnings.warn(f"collect: skipped {bad_lines} unreadable line(s) in {METRICS_FILE} files",
+        warnings.warn(f"collect: skipped {bad_lines} unreadable line(s) in {METRICS} files",
                       AnalysisWarning, stacklevel=3)
     if not parts:
         return pd.DataFrame(columns=list(CURVE_COLUMNS))

@@ -35,12 +35,12 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from scalelab.runfiles import CHECKPOINTS, DAMAGED, SUMMARY
+from scalelab.runfiles import CHECKPOINT_FILES, CHECKPOINTS, DAMAGED, SUMMARY
 from scalelab.runtime import consensus, faults
 
 log = logging.getLogger("scalelab")
 
-FILE_LISTS = "checkpoint_files"  # <step>.json: what a complete checkpoint holds
+FILE_LISTS = CHECKPOINT_FILES  # <step>.json: what a complete checkpoint holds
 CHECKSUM_MAX_BYTES = 1 << 20  # files up to this size get a CRC32 (metadata, OCDBT manifests); larger ones a size
 ITEMS = ("state", "data", "meta")
 # what every complete checkpoint holds, and which of it is JSON

@@ -82,7 +82,7 @@ def train_loop(run: Run, state, data_state, start_step: int, ckpt, runlog, summa
     """Train from `start_step` to the end (or a preemption); the summary's final fields."""
     from scalelab.train.summary import checkpoint_meta
 
-    cfg, t, total = run.cfg, run.cfg.train, run.plan.steps
+    t, total = run.cfg.train, run.plan.steps
     peak, peak_method = hardware.peak_flops(t.precision)
     data_iter, eval_set = data_streams(run, data_state)
     eval_loss = summary.get("final_eval_loss")

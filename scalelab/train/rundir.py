@@ -15,7 +15,8 @@ import json
 import os
 from pathlib import Path
 
-from scalelab.train.runlog import METRICS, read_summary
+from scalelab.runfiles import METRICS
+from scalelab.train.runlog import read_summary
 
 LOCK = ".lock"
 # keys that may change between the start of a run and its resumption: placement and bookkeeping,

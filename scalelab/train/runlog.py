@@ -14,8 +14,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
+from scalelab.runfiles import METRICS, SUMMARY, TENSORBOARD
+
 PACKAGES = ("scalelab", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "hydra-core", "numpy")
 
 
@@ -98,7 +98,7 @@ class RunLog:
             from tensorboardX import FileWriter
             from tensorboardX.proto.summary_pb2 import Summary
 
-            self._tb = FileWriter(str(self.run_dir / "tensorboard"), flush_secs=30)
+            self._tb = FileWriter(str(self.run_dir / TENSORBOARD), flush_secs=30)
             self._summary = Summary
 
     def log(self, row: dict) -> None:

@@ -9,7 +9,13 @@ import jax
 
 from scalelab.train import hf_checkpoint, optim
 from scalelab.train.build import Run
-from scalelab.train.checkpoint import Checkpointer, CheckpointError, NoCheckpoint, find_checkpoint, load_params
+from scalelab.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    NoCheckpoint,
+    find_checkpoint,
+    load_params,
+)
 
 log = logging.getLogger("scalelab")
 

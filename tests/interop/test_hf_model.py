@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from scalelab.model import hf
-from scalelab.train import hf_checkpoint as hfc
 from scalelab.model.transformer import ModelSpec
+from scalelab.train import hf_checkpoint as hfc
 
 try:
     from scalelab.model.functional import ModelFns
