@@ -23,6 +23,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 # `model.attention` choices; scalelab/model/attention.py implements them
 ATTENTION_KERNELS = ("auto", "xla", "cudnn", "blockwise", "splash")
+# `model.parametrization` choices; scalelab/model/parametrization.py implements them
+PARAMETRIZATIONS = ("standard", "mup")
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     attention: str = "auto"  # auto | xla | cudnn | blockwise | splash: see scalelab/attention.py
     lr: float = 3e-3  # the peak learning rate tuned for this size; optimizer.lr defaults to it
+    # standard | mup (maximal update parametrization: init, multipliers and per-group Adam lr scale
+    # with d_model / mup_base_width; scalelab/model/parametrization.py)
+    parametrization: str = "standard"
+    mup_base_width: int = 256  # mup: the d_model at which mup equals standard (where lr was tuned)
 
 
 @dataclass
@@ -80,6 +86,9 @@ class TrainConfig:
 class OptimizerConfig:
     name: str = "adamw"
     lr: float = "${model.lr}"  # type: ignore[assignment]
+    # a law file (`scalelab analyze lr-law`): the peak lr from the run's N, D (and batch); replaces
+    # model.lr, so it cannot be given with optimizer.lr (scalelab/lr_law_file.py)
+    lr_law: str | None = None
     weight_decay: float = 0.1
     clip: float = 1.0  # global-norm clip; 0 disables
     b1: float = 0.9
@@ -134,6 +143,45 @@ class CheckpointConfig:
 
 
 @dataclass
+class JsonlConfig:
+    enabled: bool = True  # metrics.jsonl is the run file (resume, status and analysis read it): always on
+
+
+@dataclass
+class TensorBoardConfig:
+    enabled: bool = False
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    # auto: online where W&B credentials are found (WANDB_API_KEY or a login), else offline into the
+    # run directory (`wandb sync` uploads it later); WANDB_MODE in the environment wins over auto
+    mode: str = "auto"
+    project: str = "scalelab"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MlflowConfig:
+    enabled: bool = False
+    tracking_uri: str | None = None  # none: MLFLOW_TRACKING_URI, else a file store RUN_DIR/mlruns
+    experiment: str = "scalelab"
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go besides metrics.jsonl: `logger=[tensorboard,wandb,mlflow]` (scalelab/train/trackers/)."""
+
+    jsonl: JsonlConfig = field(default_factory=JsonlConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -143,6 +191,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     init_from: str | None = None  # a checkpoint directory: start from its parameters (fine-tuning)
     # a WSD stable run's directory: start this run's cooldown from its checkpoint at the step where
     # this run's decay begins (full state: parameters, optimizer, data position); see scalelab/wsd.py
@@ -180,6 +229,8 @@ CHOICES = {
     "mesh.impl": ("jit", "shard_map"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.attention": ATTENTION_KERNELS,
+    "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
+    "model.parametrization": PARAMETRIZATIONS,
 }
 
 
@@ -219,7 +270,7 @@ def validate(cfg: DictConfig) -> None:
 
     positive = [
         "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.d_ff",
-        "model.vocab_multiple", "model.rope_theta", "model.init_std",
+        "model.vocab_multiple", "model.rope_theta", "model.init_std", "model.mup_base_width",
         "data.tokens", "data.seq_len", "data.prefetch",
         "train.batch_size", "train.log_every", "train.eval_tokens",
         "optimizer.lr", "checkpoint.keep",
@@ -254,6 +305,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("fork_from", "give either fork_from or init_from, not both")
     if cfg.role not in ("run", "wsd-stable"):
         raise ConfigError("role", f"must be run or wsd-stable; got {cfg.role!r}")
+    if cfg.optimizer.lr_law and not OmegaConf.is_interpolation(cfg.optimizer, "lr"):
+        raise ConfigError("optimizer.lr_law", f"and optimizer.lr={cfg.optimizer.lr} both set the peak learning "
+                                              "rate: give one of them")
+    if not cfg.logger.jsonl.enabled:
+        raise ConfigError("logger.jsonl.enabled", "metrics.jsonl is the run file (resume, status and analysis "
+                          "read it) and is always written; choose trackers with logger=[...]")
     if cfg.schedule.final_lr_ratio > 1:
         raise ConfigError("schedule.final_lr_ratio", f"must be at most 1; got {cfg.schedule.final_lr_ratio}")
 

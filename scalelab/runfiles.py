@@ -2,7 +2,7 @@
 
 A run directory holds `.hydra/` (Hydra's), `train.log`, `metrics.jsonl` (one JSON object per
 logged step), `summary.json` (the run's record), `checkpoints/<step>/` (Orbax),
-`checkpoint_files/` and `tensorboard/`; a sweep directory holds its runs and the IsoFLOP sweeper's `plan.json`.
+`checkpoint_files/`, `tensorboard/` and what the trackers write (`trackers.json`, `wandb/`, `mlruns/`); a sweep directory holds its runs and the IsoFLOP sweeper's `plan.json`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ CHECKPOINTS = "checkpoints"
 DAMAGED = "checkpoints_damaged"
 CHECKPOINT_FILES = "checkpoint_files"  # <step>.json: each checkpoint's file sizes and checksums
 TENSORBOARD = "tensorboard"
+TRACKERS = "trackers.json"  # the W&B run id and MLflow run id of this run directory, kept for resumes
+WANDB = "wandb"  # W&B's own directory (offline runs)
+MLRUNS = "mlruns"  # MLflow's file store, unless logger.mlflow.tracking_uri names another
 PLAN = "plan.json"
 
 # what Hydra (and our logging) creates before a run has started: a failed start may remove these

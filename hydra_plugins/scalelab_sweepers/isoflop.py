@@ -45,6 +45,8 @@ class IsoFlopSweeperConf:
     jax_cache_dir: str | None = "${hydra.sweep.dir}/.jax_cache"  # JAX persistent compilation cache
     max_batch_size: int | None = None  # jobs per launcher call (None: all at once)
     params: dict[str, str] | None = None  # extra sweep overrides, as the basic sweeper's params
+    # lr factors: each planned run becomes one run per factor x its own lr (optimizer.lr_law or optimizer.lr)
+    lr_grid: list[float] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="isoflop", node=IsoFlopSweeperConf, provider="scalelab")
@@ -65,7 +67,7 @@ EXIT_JOBS_FAILED = 1
 class IsoFlopSweeper(Sweeper):
     def __init__(self, budgets, models, tokens_per_param, dry_run=False, tolerance=0.01,
                  flops_per_second=5e9, startup_seconds=20.0, skip_completed=True, jax_cache_dir=None,
-                 max_batch_size=None, params=None) -> None:
+                 max_batch_size=None, params=None, lr_grid=None) -> None:
         super().__init__()
         self.budgets = [float(b) for b in (budgets or [])]
         self.models = [str(m) for m in (models or [])]
@@ -81,6 +83,9 @@ class IsoFlopSweeper(Sweeper):
         self.jax_cache_dir = jax_cache_dir
         self.max_batch_size = max_batch_size
         self.params = dict(params or {})
+        self.lr_grid = [float(f) for f in (lr_grid or [])]
+        if any(f <= 0 for f in self.lr_grid):
+            raise PlanError(f"hydra.sweeper.lr_grid takes positive lr factors, e.g. [0.5,1,2]; got {self.lr_grid}")
         self.hydra_context = None
         self.config: DictConfig | None = None
         self.launcher = None
@@ -114,6 +119,26 @@ class IsoFlopSweeper(Sweeper):
 
     def _compose(self, overrides: list[str]) -> DictConfig:
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def _lr_grid(self, job, cfg: DictConfig, shape) -> list:
+        """[(job, cfg)], or one per factor of `lr_grid` around the job's own lr."""
+        if not self.lr_grid:
+            return [(job, cfg)]
+        from scalelab.sweep import plan as sweep
+
+        try:
+            grid = sweep.lr_grid_overrides(cfg, shape, job.tokens, self.lr_grid)
+        except ValueError as exc:  # an unreadable optimizer.lr_law file
+            raise PlanError(f"optimizer.lr_law: {exc}") from exc
+        extra = [o for o in job.extra if not o.startswith(("optimizer.lr=", "optimizer.lr_law="))]
+        out = []
+        for lr, overrides in grid:
+            member, member_cfg = copy.copy(job), copy.deepcopy(cfg)
+            member.extra = [*extra, *overrides]
+            with open_dict(member_cfg):
+                member_cfg.optimizer.lr, member_cfg.optimizer.lr_law = lr, None
+            out.append((member, member_cfg))
+        return out
 
     def make_plan(self, combos: list[list[str]]):
         from hydra._internal.config_loader_impl import get_overrides_dirname
@@ -155,7 +180,7 @@ class IsoFlopSweeper(Sweeper):
                     with open_dict(cfg):
                         cfg.data.tokens = float(job.tokens)
                         cfg.budget = float(budget)
-                    jobs.append((job, cfg))
+                    jobs += self._lr_grid(job, cfg, shape)
         # launch order: by other overrides, then budget, then size
         jobs.sort(key=lambda jc: (jc[0].extra, jc[0].budget, jc[0].params))
         self._job_configs = []

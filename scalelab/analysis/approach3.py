@@ -1,6 +1,7 @@
 """Chinchilla approach 3: the parametric law L(N, D) = E + A/N^alpha + B/D^beta.
 
-The fit minimises the SUM over runs of Huber losses (delta = 1e-3) of the
+The fit minimises the SUM over runs of Huber losses (delta = 1e-3 as published, or
+``delta="auto"``: 1.345 sigma of the data's own log residuals, see ``auto_delta``) of the
 log-space residual
 
     r = LSE(a - alpha*log N, b - beta*log D, e) - log L,   A = e^a, B = e^b, E = e^e,
@@ -223,6 +224,27 @@ def fit_approach3(table, n_starts: int | None = None, starts=None, delta: float 
         return result
     _allocate(result, fpt, flops_range or (table["flops"].min(), table["flops"].max()))
     return result
+
+
+HUBER_EFFICIENCY = 1.345   # Huber's constant: 95% of least squares' efficiency under Gaussian noise
+AUTO_DELTA_RANGE = (DEFAULT_DELTA, 0.1)
+
+
+def auto_delta(table, **options) -> tuple[float, dict]:
+    """Huber's delta from the data: 1.345 sigma, sigma = 1.4826 * MAD of the log residuals of a first
+    fit at the published delta (1e-3). With run-to-run noise of a few percent (small models, one
+    seed), 1e-3 is a fraction of sigma and makes the fit an L1 regression that throws away most
+    of the data's precision; 1.345 sigma keeps the robustness to outliers at little cost.
+    Returns (delta, how it was chosen)."""
+    first = fit_approach3(table, delta=DEFAULT_DELTA, **options)
+    if not first.converged:
+        return DEFAULT_DELTA, {"rule": "auto: the first fit did not converge; the published 1e-3 is used"}
+    residual = np.log(first.predict_loss(table["params"], table["tokens"], table["flops"])) - np.log(table["loss"])
+    sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    delta = float(np.clip(HUBER_EFFICIENCY * sigma, *AUTO_DELTA_RANGE))
+    return delta, {"rule": f"auto: {HUBER_EFFICIENCY} x sigma of the log residuals (1.4826 x MAD) of a first "
+                           f"fit at delta {DEFAULT_DELTA:g}, within [{AUTO_DELTA_RANGE[0]:g}, {AUTO_DELTA_RANGE[1]:g}]",
+                   "residual_sigma": sigma}
 
 
 def _allocate(result: FitResult, fpt, flops_range) -> None:

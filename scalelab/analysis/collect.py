@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scalelab import paths
 from scalelab.runfiles import CHECKPOINTS, HYDRA, METRICS, SUMMARY
 
 from .errors import AnalysisError, AnalysisWarning
@@ -155,16 +156,18 @@ def collect(dirs, keep_excluded: bool = False, curves: bool = True) -> pd.DataFr
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
-    dirs = [Path(d) for d in dirs]
+    urls: dict[Path, str] = {}  # local copy -> URL, for the directories in an object store
+    dirs = [fetch_run_files(str(d), urls) if paths.is_url(d) else Path(d) for d in dirs]
     if not dirs:
         raise AnalysisError("collect: no sweep directories given")
     rows = []
     for sweep_dir in dirs:
+        shown = urls.get(sweep_dir, str(sweep_dir))
         if not sweep_dir.is_dir():
-            raise AnalysisError(f"sweep directory not found: {str(sweep_dir)!r}")
+            raise AnalysisError(f"sweep directory not found: {shown!r}")
         run_dirs = find_run_dirs(sweep_dir)
         if not run_dirs:
-            raise AnalysisError(f"no runs found under {str(sweep_dir)!r} (no {SUMMARY} at any depth)")
+            raise AnalysisError(f"no runs found under {shown!r} (no {SUMMARY} at any depth)")
         sweep = sweep_dir.resolve().name
         rows.extend(read_summary_row(run_dir, sweep) for run_dir in run_dirs)
     table = pd.DataFrame(rows)
@@ -188,7 +191,62 @@ def collect(dirs, keep_excluded: bool = False, curves: bool = True) -> pd.DataFr
     out.attrs["run_counts"] = {str(k): int(v) for k, v in counts.items()}
     if curves:
         out.attrs["curves"] = collect_curves(out.loc[out["status"] == INCLUDED_STATUS, "run_dir"])
+    return show_urls(out, urls) if urls else out
+
+
+def fetch_run_files(url: str, urls: dict) -> Path:
+    """A sweep (or run) directory in an object store: its summaries and metrics, downloaded into
+    `$SCALELAB_CACHE/downloads/` (checkpoints and .hydra are not)."""
+    def wanted(name: str) -> bool:
+        parts = name.split("/")
+        return parts[-1] in (SUMMARY, METRICS) and not {HYDRA, CHECKPOINTS} & set(parts[:-1])
+
+    local = paths.fetch(url, wanted, paths.DOWNLOADS)
+    urls[local] = url.rstrip("/")
+    return local
+
+
+def show_urls(table: pd.DataFrame, urls: dict) -> pd.DataFrame:
+    """The run_dir columns of the table and its curves with each local copy named by its URL."""
+    def url_of(run_dir: str) -> str:
+        for local, url in urls.items():
+            if Path(run_dir) == local or local in Path(run_dir).parents:
+                rel = Path(run_dir).relative_to(local).as_posix()
+                return url if rel == "." else f"{url}/{rel}"
+        return run_dir
+
+    table["run_dir"] = table["run_dir"].map(url_of)
+    if "curves" in table.attrs and len(table.attrs["curves"]):
+        table.attrs["curves"]["run_dir"] = table.attrs["curves"]["run_dir"].map(url_of)
+    return table
+
+
+def best_over(table: pd.DataFrame, key: str = "optimizer.lr") -> pd.DataFrame:
+    """The table with per-cell columns for a sweep over config `key` (every row kept): `cell` (runs
+    sharing all but `key`), `is_best` (lowest loss of its cell), `<column>_opt` (the parabola
+    optimum in log(key)), `<column>_bracketed` and `cell_note` (scalelab/analysis/lr_law.py).
+    Only completed runs take part; `analyze fit|report --best-only` fits the `is_best` rows."""
+    from .lr_law import mark_cells
+
+    column = {v: k for k, v in STUDY_COLUMNS.items()}.get(key, key)
+    if column not in table.columns:
+        raise AnalysisError(f"--best-over {key}: no run records {key} (columns: {', '.join(table.columns)})")
+    plain = table.copy()
+    plain.attrs = {}  # (the curves in attrs would be compared by concat)
+    done = plain["status"] == INCLUDED_STATUS if "status" in plain.columns else pd.Series(True, plain.index)
+    marked, _ = mark_cells(plain[done], swept=column)
+    out = pd.concat([marked, with_cell_columns(plain[~done], column)], ignore_index=True)
+    out.attrs = dict(table.attrs)
     return out
+
+
+def with_cell_columns(rows: pd.DataFrame, column: str) -> pd.DataFrame:
+    """`rows` with empty per-cell columns (runs that take no part in a cell's best)."""
+    rows = rows.copy()
+    for name, empty in (("cell", ""), ("is_best", False), (f"{column}_opt", math.nan),
+                        (f"{column}_bracketed", False), ("cell_note", "did not complete")):
+        rows[name] = empty
+    return rows
 
 
 def _varying_keys(configs: list[dict]) -> list[str]:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .approach1 import fit_approach1
 from .approach2 import DEFAULT_WINDOW, fit_approach2, parabola_residuals
-from .approach3 import fit_approach3, start_grid
+from .approach3 import auto_delta, fit_approach3, start_grid
 from .bootstrap import bca_interval, intervals, run_bootstrap, run_jackknife
 from .budgets import DEFAULT_TOLERANCE, assign_budgets, default_budgets, parse_budgets
 from .errors import AnalysisError, AnalysisWarning
@@ -237,6 +237,7 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
     budgets = parse_budgets(budgets) or default_budgets(table)
     train, held, held_info = _split(table, holdout_top, holdout_budget, options)
     options = _shared_c(approach, table, options)
+    options, delta_rule = _resolve_delta(approach, train, options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = _fit_train(approach, train, curves, seed, options, held)
@@ -251,11 +252,23 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
                         "compute-optimal is expected to lie above it")
             if bootstrap:
                 _bootstrap(result, approach, train, curves, int(bootstrap), seed, options)
+    if delta_rule and result.details is not None:
+        result.details["huber_delta_rule"] = delta_rule
     mark(result)
     result.warnings = [str(w.message) for w in caught]
     for w in caught:   # pass them on to the caller as well
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return result
+
+
+def _resolve_delta(approach: str, train: pd.DataFrame, options: dict) -> tuple[dict, dict | None]:
+    """``delta="auto"`` (approach 3) becomes a number, chosen once on the runs fitted, so that the
+    main fit, its bootstrap resamples and its jackknife all use the same delta."""
+    if approach != "3" or options.get("delta") != "auto":
+        return options, None
+    first = {k: v for k, v in options.items() if k in ("n_starts", "fpt", "flops_range", "k")}
+    delta, rule = auto_delta(train, **first)
+    return dict(options, delta=delta), rule
 
 
 def _shared_c(approach: str, table: pd.DataFrame, options: dict) -> dict:

@@ -76,10 +76,10 @@ class ReportResult:
         return next(iter(self.verdicts.values()), None)
 
 
-def _options(approach: str, n_starts, bootstrap_starts) -> dict:
+def _options(approach: str, n_starts, bootstrap_starts, delta=None) -> dict:
     if approach != "3":
         return {}
-    options = {}
+    options = {} if delta is None else {"delta": delta}
     if n_starts is not None:
         options["n_starts"] = n_starts
     if bootstrap_starts is not None:
@@ -88,7 +88,7 @@ def _options(approach: str, n_starts, bootstrap_starts) -> dict:
 
 
 def analyse(table_with_attrs: pd.DataFrame, label: str, approaches, bootstrap: int, holdout_top, budgets,
-            seed: int, n_starts=None, bootstrap_starts=None) -> Study:
+            seed: int, n_starts=None, bootstrap_starts=None, delta=None) -> Study:
     """Fit each approach on one study's runs, plus the held-out check, and build the verdict."""
     table, curves = split_curves(table_with_attrs)
     counts = table_with_attrs.attrs.get("run_counts") or {INCLUDED_STATUS: len(table)}
@@ -98,7 +98,7 @@ def analyse(table_with_attrs: pd.DataFrame, label: str, approaches, bootstrap: i
     if curves is not None:
         data.attrs["curves"] = curves
     for approach in approaches:
-        options = _options(approach, n_starts, bootstrap_starts)
+        options = _options(approach, n_starts, bootstrap_starts, delta)
         try:
             study.fits[approach] = fit(data, approach, bootstrap=bootstrap, budgets=budgets, seed=seed, **options)
         except AnalysisError as exc:
@@ -117,7 +117,7 @@ def _holdout(study: Study, data, approach: str, budgets, seed: int, options: dic
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             held = fit(data, approach, budgets=budgets, seed=seed, **how,
-                       **{k: v for k, v in options.items() if k == "n_starts"})
+                       **{k: v for k, v in options.items() if k in ("n_starts", "delta")})
     except AnalysisError as exc:
         study.holdout[approach] = str(exc)
         study.holdout_info.setdefault("reason", f"{approach}: {exc}")
@@ -198,13 +198,15 @@ def _why(study: Study, approach: str) -> str:
 
 @blas_single_threaded
 def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, holdout_top=None, budgets=None,
-           seed: int = 0, pool: bool = False, n_starts=None, bootstrap_starts=None) -> ReportResult:
+           seed: int = 0, pool: bool = False, n_starts=None, bootstrap_starts=None,
+           delta=None) -> ReportResult:
     """Write figures (PNG, SVG, PDF), fits.json, verdict.json, runs.csv and report.md into ``out_dir``.
 
     inputs: sweep directories, table files or DataFrames (one or several).
     holdout_top: None (default): fit without the largest budget and predict its best run; K > 0: hold
     out the K largest-compute runs instead; 0: no held-out check.
     n_starts / bootstrap_starts: approach-3 starts for the main fit / each bootstrap resample.
+    delta: approach 3's Huber delta (a number, or "auto"; default the published 1e-3).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +215,8 @@ def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, hol
     loaded = load_many(inputs, pool=pool)
     if budgets is None and len(loaded) > 1:
         budgets = sorted(set().union(*(default_budgets(t) for t, _ in loaded)))
-    studies = [analyse(t, label, approaches, bootstrap, holdout_top, budgets, seed, n_starts, bootstrap_starts)
+    studies = [analyse(t, label, approaches, bootstrap, holdout_top, budgets, seed, n_starts, bootstrap_starts,
+                       delta)
                for t, label in loaded]
     result = ReportResult(report=out_dir / "report.md", studies=studies, runs=_write_runs(studies, out_dir))
     figures = {}

@@ -124,7 +124,10 @@ def _study_section(study, figures) -> list[str]:
 def _method_lines(f: FitResult) -> list[str]:
     d = f.details
     if f.approach == "3":
-        return [f"Objective (sum of Huber losses, delta = {d['huber_delta']:g}): {d['objective']:.6g}, the best "
+        rule = d.get("huber_delta_rule", {}).get("rule")
+        chosen = f" ({rule}; residual sigma {d['huber_delta_rule']['residual_sigma']:.3g})" if rule and \
+            "residual_sigma" in d["huber_delta_rule"] else (f" ({rule})" if rule else " (the published value)")
+        return [f"Objective (sum of Huber losses, delta = {d['huber_delta']:.3g}{chosen}): {d['objective']:.6g}, the best "
                 f"of {d['n_starts']} L-BFGS starts; {d['n_reached_best']} starts reached it "
                 f"({d['best_tolerance']}). The allocation minimises L(N, D) under C = f(N)*D; under a constant "
                 f"C = k*N*D the same law would give a = {d.get('a_under_constant_k', float('nan')):.4f}.", ""]

@@ -1,6 +1,6 @@
-"""Command line: ``scalelab analyze collect|fit|compare|report``.
+"""Command line: ``scalelab analyze collect|fit|compare|report|lr-law``.
 
-``add_subparsers(subparsers)`` registers the four subcommands on an argparse
+``add_subparsers(subparsers)`` registers the subcommands on an argparse
 subparsers object (the ``scalelab analyze`` command passes its own); each sets
 ``func`` to a handler that takes the parsed args and returns an exit code:
 0 on success (a converged fit that is not determined still exits 0 and says
@@ -48,13 +48,29 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="approach 3: initialisations (default: the 4500-point grid)")
     parser.add_argument("--bootstrap-starts", type=int, default=None, metavar="S",
                         help="approach 3: extra grid starts per bootstrap resample (default 32)")
+    parser.add_argument("--huber-delta", type=_delta, default=None, metavar="DELTA",
+                        help="approach 3: the Huber loss's delta on log residuals: a number (default 1e-3, as "
+                             "published) or auto (1.345 x the noise of the data's own residuals)")
+
+
+def _delta(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
+    return value
 
 
 def add_subparsers(subparsers) -> None:
-    """Register collect, fit, compare and report on ``subparsers``."""
+    """Register collect, fit, compare, report and lr-law on ``subparsers``."""
     _add_collect(subparsers)
     _add_fit_and_compare(subparsers)
     _add_report(subparsers)
+    _add_lr_law(subparsers)
 
 
 def _add_collect(subparsers) -> None:
@@ -70,6 +86,10 @@ def _add_collect(subparsers) -> None:
                    metavar="TABLE", old=("--output",))
     p.add_argument("--keep-excluded", action="store_true",
                    help="also write runs that did not complete (marked by 'status'; fits skip them)")
+    p.add_argument("--best-over", default=None, metavar="KEY",
+                   help="a swept config key (e.g. optimizer.lr): add per-cell columns cell (runs sharing all but "
+                        "KEY), is_best, <KEY>_opt (parabola optimum), <KEY>_bracketed and cell_note; every run "
+                        "stays in the table (`fit`/`report --best-only` fit the is_best rows)")
     p.set_defaults(func=run_collect)
 
 
@@ -83,6 +103,7 @@ def _add_fit_and_compare(subparsers) -> None:
                    help="fit without the K largest-compute runs and report their predicted vs actual loss")
     p.add_argument("--holdout-budget", action="store_true",
                    help="fit without the largest budget and report the predicted vs actual loss of its best run")
+    _add_best_only(p)
     common.add_json(p, "the fit")
     p.set_defaults(func=run_fit)
 
@@ -114,7 +135,37 @@ def _add_report(subparsers) -> None:
                    help="FLOP budgets for the allocation tables (default: the data's budgets or a decade grid)")
     _add_search_options(p)
     p.add_argument("--pool", action="store_true", help="pool all inputs into one study instead of comparing them")
+    _add_best_only(p)
     p.set_defaults(func=run_report)
+
+
+def _add_best_only(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--best-only", action="store_true",
+                        help="fit only the best run of each learning-rate sweep cell (the is_best rows of "
+                             "`collect --best-over optimizer.lr`; cells are found here when the table has none)")
+
+
+def _add_lr_law(subparsers) -> None:
+    p = subparsers.add_parser("lr-law", help="fit a learning-rate law to per-cell lr sweeps",
+                              description="Cells are runs sharing N, D, the batch and every other varying "
+                                          "hyperparameter but the lr. Per cell, a parabola in log(lr) around the "
+                                          "best run gives lr_opt; log lr_opt = log c + p log N + q log D (+ r log B, "
+                                          "B = batch_size * seq_len tokens) is fitted by least squares with bootstrap "
+                                          "intervals over cells. Writes DIR/lr_law.json (for optimizer.lr_law=PATH) "
+                                          "and the figures lr_sweeps and lr_law (PNG, SVG, PDF).")
+    p.add_argument("table", metavar="TABLE", help="runs table (.csv/.parquet) or a sweep directory")
+    p.add_argument("--over", default="N,D", metavar="N,D[,B]", help="the law's variables (default N,D)")
+    common.add_out(p, "the directory for lr_law.json and the figures (default: the current directory)",
+                   required=False)
+    common.add_json(p, "the law (the same document as lr_law.json)")
+    p.add_argument("--bootstrap", type=_positive_int, default=200, metavar="K",
+                   help="bootstrap resamples (the cells' residuals) for 95%% intervals (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--allow-edge", action="store_true",
+                   help="fit without the cells whose optimum is not bracketed by their lr grid (named in a "
+                        "warning) instead of refusing")
+    p.add_argument("--no-figures", action="store_true", help="write only the law")
+    p.set_defaults(func=run_lr_law)
 
 
 def _guarded(handler):
@@ -148,6 +199,8 @@ def _fit_options(args) -> dict:
             options["n_starts"] = args.n_starts
         if args.bootstrap_starts is not None:
             options["bootstrap_starts"] = args.bootstrap_starts
+        if args.huber_delta is not None:
+            options["delta"] = args.huber_delta
     return options
 
 
@@ -156,11 +209,25 @@ def run_collect(args) -> int:
     from scalelab.analysis.collect import collect
     from scalelab.analysis.table import write_table
     table = collect(args.dirs, keep_excluded=args.keep_excluded)
+    if args.best_over:
+        from scalelab.analysis.collect import best_over
+        table = best_over(table, args.best_over)
     written = write_table(table, args.out)
     counts = table.attrs.get("run_counts", {})
     print(f"collected {int((table['status'] == 'completed').sum())} completed runs "
           f"({', '.join(f'{n} {s}' for s, n in counts.items())}) -> {', '.join(map(str, written))}")
+    if args.best_over:
+        cells = table.loc[table["is_best"].astype(bool)]
+        loose = int((~cells.filter(like="_bracketed").iloc[:, 0].astype(bool)).sum())
+        print(f"{len(cells)} cells over {args.best_over}, {loose} without a bracketed optimum")
     return EXIT_OK
+
+
+def _best_only(args, table):
+    if not getattr(args, "best_only", False):
+        return table
+    from scalelab.analysis.lr_law import best_per_cell
+    return best_per_cell(table)
 
 
 @_guarded
@@ -169,6 +236,7 @@ def run_fit(args) -> int:
     from scalelab.analysis.inputs import load_inputs
     from scalelab.analysis.markdown import fit_text
     table, _ = load_inputs(args.table)
+    table = _best_only(args, table)
     result = fit(table, args.approach, bootstrap=args.bootstrap, budgets=args.budgets, seed=args.seed,
                  holdout_top=args.holdout_top, holdout_budget=args.holdout_budget, **_fit_options(args))
     common.write_json(result.to_dict(), args.json)
@@ -217,9 +285,13 @@ def run_report(args) -> int:
     bad = [a for a in approaches if a not in APPROACH_CHOICES]
     if bad:
         raise AnalysisError(f"unknown approach(es) {', '.join(bad)}: choose from kaplan, 1, 2, 3")
-    result = report(args.inputs, args.out, approaches=approaches, bootstrap=args.bootstrap,
+    inputs = args.inputs
+    if args.best_only:
+        from scalelab.analysis.inputs import load_inputs
+        inputs = [_best_only(args, load_inputs(source)[0]) for source in inputs]
+    result = report(inputs, args.out, approaches=approaches, bootstrap=args.bootstrap,
                     holdout_top=args.holdout_top, budgets=args.budgets, seed=args.seed, pool=args.pool,
-                    n_starts=args.n_starts, bootstrap_starts=args.bootstrap_starts)
+                    n_starts=args.n_starts, bootstrap_starts=args.bootstrap_starts, delta=args.huber_delta)
     print(f"wrote {result.report}, fits.json, verdict.json, runs.csv and {len(result.figures)} figure files")
     for verdict in result.verdicts.values():
         print(f"verdict{'' if len(result.verdicts) == 1 else ' (' + verdict.study + ')'}:")
@@ -227,6 +299,29 @@ def run_report(args) -> int:
             print("  " + line.replace("**", ""))
     for name, reason in result.skipped.items():
         print(f"skipped {name}: {reason}")
+    return EXIT_OK
+
+
+@_guarded
+def run_lr_law(args) -> int:
+    from pathlib import Path
+
+    from scalelab.analysis.inputs import load_inputs
+    from scalelab.analysis.lr_law import fit_lr_law, law_text
+    from scalelab.lr_law_file import write_law
+    table, _ = load_inputs(args.table)
+    fit = fit_lr_law(table, over=args.over, bootstrap=args.bootstrap, seed=args.seed, allow_edge=args.allow_edge,
+                     source=str(args.table))
+    out = Path(args.out or ".")
+    written = [write_law(fit.law, out / "lr_law.json")]
+    if not args.no_figures:
+        from scalelab.analysis.lr_law_plots import save_figures
+        written += save_figures(fit, out)
+    common.write_json(fit.law.to_dict(), args.json)
+    if not common.to_stdout(args.json):
+        print(law_text(fit))
+        print(f"wrote {', '.join(map(str, written))}")
+        print(f"use it: scalelab-train optimizer.lr_law={written[0]} ...")
     return EXIT_OK
 
 

@@ -15,8 +15,9 @@ def train() -> None:
     from scalelab.runtime import xla_env
 
     xla_env.prepare(sys.argv[1:])
-    from scalelab.cli.train import main
+    from scalelab.cli.train import main, mirror_run_dirs
 
+    sys.argv[1:] = mirror_run_dirs(sys.argv[1:])
     main()
 
 

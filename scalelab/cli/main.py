@@ -5,9 +5,10 @@
   scalelab generate RUN_OR_CHECKPOINT --prompt TEXT
   scalelab status SWEEP_DIR                    a sweep's grid of runs and their states
   scalelab wsd --model M --tokens D -o DIR     WSD cooldown branches from one stable run
-  scalelab analyze collect|fit|compare|report  scaling-law analysis
+  scalelab analyze collect|fit|compare|report|lr-law  scaling-law analysis
   scalelab bench                               training-step speed against this machine's peak
   scalelab export hf RUN_OR_CHECKPOINT -o DIR  a Hugging Face (Llama) model directory
+  scalelab mup coord-check [-o DIR]            activation size against width, standard vs mup
 
 Output paths are always -o/--out; --json PATH writes a command's result as JSON (--json - prints
 it instead). `scalelab COMMAND --help` describes each command. Training runs and sweeps are
@@ -22,7 +23,7 @@ import sys
 # each of these modules imports only the standard library at the top (JAX, pandas and the rest
 # load inside the commands), so that `scalelab --help` takes a fraction of a second
 from scalelab.cli import analyze as analysis_cli
-from scalelab.cli import bench, common, export
+from scalelab.cli import bench, common, export, mup
 from scalelab.cli import sweep as sweep_cli
 from scalelab.cli import workflow as workflow_cli
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_wsd_parser(sub)
     bench.add_parser(sub)
     export.add_parser(sub)
+    mup.add_parser(sub)
     return parser
 
 

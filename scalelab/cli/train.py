@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from scalelab import paths
 from scalelab.config import ConfigError
 from scalelab.configs import CONFIG_DIR
 from scalelab.runfiles import METRICS, START_FILES, SUMMARY
@@ -30,11 +32,32 @@ from scalelab.train.rundir import LOCK, RunDirError, RunLock
 log = logging.getLogger("scalelab")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU/GPU found" noise
 logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
+for _name in ("botocore", "aiobotocore", "s3fs", "gcsfs"):  # object-store clients' per-request chatter
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 EXIT_CONFIG_ERROR = 2  # the run could not start: a config, data path, run directory or checkpoint error
 EXIT_DIVERGED = 4
 # errors whose message names the key or file at fault: printed as they are, at any point of a run
 KNOWN_ERRORS = (ConfigError, RunDirError, CheckpointError)
+
+
+_RUN_DIR_OVERRIDE = re.compile(r"^(\+{0,2}hydra\.(?:run|sweep)\.dir)=(.+)$")
+
+
+def mirror_run_dirs(overrides: list[str]) -> list[str]:
+    """`hydra.run.dir=s3://...` (or `hydra.sweep.dir`) as the URL's local mirror (train/mirror.py).
+
+    Hydra makes its output directory with os.makedirs (a URL would become a local `s3:/...`
+    directory) and writes `.hydra/` into it: it gets the mirror instead, and the run, which knows
+    the mirror's URL, uploads the run directory (`.hydra/` included) to the store.
+    """
+    out = []
+    for item in overrides:
+        match = _RUN_DIR_OVERRIDE.match(item)
+        if match and paths.is_url(match.group(2)):
+            item = f"{match.group(1)}={paths.mirror_dir(match.group(2))}"
+        out.append(item)
+    return out
 
 
 def clean_failed_start(run_dir: Path, summary_too: bool = False) -> None:
@@ -57,6 +80,10 @@ def clean_failed_start(run_dir: Path, summary_too: bool = False) -> None:
     try:
         with RunLock(run_dir):  # held while removing, so that no run starts in it meanwhile
             shutil.rmtree(run_dir, ignore_errors=True)
+            url = paths.mirror_url(run_dir)
+            remote = paths.listing(url) if url else {}
+            if remote and {name.split("/")[0] for name in remote} <= removable:  # what the failure uploaded
+                paths.delete(url, sorted(remote))
     except RunDirError:
         return
 
@@ -103,8 +130,8 @@ def main(cfg: DictConfig) -> None:
         if in_sweep or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(EXIT_CONFIG_ERROR)
-    log.info("%s: %s, final_eval_loss=%.4f (%.3f bits/byte), %.1f s", run_dir, summary["status"],
-             summary["final_eval_loss"], summary["final_eval_bpb"], summary["wall_seconds"])
+    log.info("%s: %s, final_eval_loss=%.4f (%.3f bits/byte), %.1f s", paths.mirror_url(run_dir) or run_dir,
+             summary["status"], summary["final_eval_loss"], summary["final_eval_bpb"], summary["wall_seconds"])
 
 
 __all__ = ["EXIT_CONFIG_ERROR", "EXIT_DIVERGED", "EXIT_PREEMPTED", "main"]

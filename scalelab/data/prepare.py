@@ -27,9 +27,10 @@ import json
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from scalelab import paths
 from scalelab.data import tokenizer as tokenizers
 from scalelab.data.clean import clean_text, document_digest, split_score
 from scalelab.data.sources import Source, find_sources, read_records
@@ -223,9 +224,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def prepare(inputs: list[str], out: str | Path, options: PrepareOptions | None = None) -> dict:
-    """Build a prepared dataset at `out` from `inputs`; returns its manifest."""
+    """Build a prepared dataset at `out` (a directory or a URL) from `inputs`; returns its manifest."""
     options = options or PrepareOptions()
     options.check()
+    if paths.is_url(out):
+        return _prepare_to_url(inputs, str(out), options)
     out = Path(out)
     sources = find_sources(list(inputs))
     _check_out(out, options.overwrite)
@@ -251,6 +254,25 @@ def prepare(inputs: list[str], out: str | Path, options: PrepareOptions | None =
                 builder.add(split, doc_ids, doc_bytes)
             builder.extra.update(_manifest_extras(sources, options, counts, builder, content.hexdigest()))
     return TokenStore(out).manifest
+
+
+def _prepare_to_url(inputs: list[str], url: str, options: PrepareOptions) -> dict:
+    """Prepared in the URL's local mirror, then uploaded with manifest.json last (after the old
+    manifest is deleted): a reader that finds a manifest finds every file it names."""
+    existing = paths.listing(url)
+    if existing and not options.overwrite:
+        raise ValueError(f"{url} already exists; pass --overwrite to replace it")
+    if existing and MANIFEST not in existing:
+        raise ValueError(f"{url} exists and is not a prepared dataset; refusing to replace it")
+    local = paths.mirror_dir(url)
+    shutil.rmtree(local, ignore_errors=True)
+    manifest = prepare(inputs, local, replace(options, overwrite=False))
+    if existing:
+        paths.delete(url, [MANIFEST])
+    names = sorted(set(paths.local_files(local)) - {MANIFEST})
+    paths.upload(local, url, [*names, MANIFEST])
+    paths.delete(url, sorted(set(existing) - set(names) - {MANIFEST}))
+    return manifest
 
 
 def _tokenizer_file(options: PrepareOptions) -> dict:

@@ -8,7 +8,9 @@ A prepared dataset is a directory:
     train-00000.bin   raw token ids (manifest dtype), documents separated by the end-of-document id
     val-00000.bin     the held-out split, split by document
 
-Shards are read through `np.memmap`, so random access costs no memory and no start-up time.
+Shards are read through `np.memmap`, so random access costs no memory and no start-up time. A
+dataset at a URL (`s3://...`, `gs://...`) is downloaded into its local mirror first (scalelab.paths:
+only files the store has replaced since are downloaded again) and read from there.
 Writers build the directory under a temporary name and rename it into place, so a reader never sees
 a half-written dataset (and concurrent writers of the same cache simply race to an identical result).
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scalelab import paths
 from scalelab.data import tokenizer as tokenizers
 
 FORMAT = "scalelab-tokens-v1"
@@ -111,11 +114,13 @@ class TokenStore:
     """A prepared dataset opened for reading."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.url = str(path) if paths.is_url(path) else None  # where it was read from, if not here
+        self.path = paths.fetch(self.url) if self.url else Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
             raise FileNotFoundError(
-                f"{self.path} is not a prepared dataset (no {MANIFEST}); create one with `scalelab data prepare`"
+                f"{self.url or self.path} is not a prepared dataset (no {MANIFEST}); create one with "
+                "`scalelab data prepare`"
             )
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT:

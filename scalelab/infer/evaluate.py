@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from omegaconf import DictConfig
 
+from scalelab import paths
 from scalelab.data.pipeline import Windows
 from scalelab.data.store import TokenStore
 from scalelab.infer.load import LoadedModel, dataset_path, load_checkpoint, load_model  # noqa: F401
@@ -40,7 +41,7 @@ def open_eval_store(data: str | None, files: CheckpointFiles, config: DictConfig
     path = dataset_path(files, config)
     if not path:
         raise ValueError("the run records no dataset path; name one with --data DIR")
-    if not Path(path).is_dir():
+    if not paths.is_url(path) and not Path(path).is_dir():
         raise FileNotFoundError(f"the run's dataset {path} is not there (moved, or a path relative to another "
                                 f"directory); name it with --data DIR")
     return TokenStore(path)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scalelab.model import parametrization
 from scalelab.model.transformer import ModelSpec, Transformer
 
 
@@ -43,6 +44,8 @@ class ModelFns:
         # None for norm scales (initialised to one)
         self.init_stds = _str_keys(nnx.to_pure_dict(jax.tree.map(lambda v: v.get_metadata().get("init_std"),
                                                                  self._abstract_state, is_leaf=is_var)))
+        # each parameter's Adam learning-rate multiplier (None: one learning rate for all)
+        self.lr_multipliers = parametrization.lr_multipliers(spec, self.logical_axes)
 
     def init(self, seed) -> dict:
         """Initial parameters: normal(0, init_std) matrices drawn from one stream, norm scales at 1."""
@@ -67,8 +70,8 @@ class ModelFns:
         nnx.replace_by_pure_dict(state, _int_keys(params))
         return nnx.merge(self.graphdef, state)
 
-    def apply(self, params: dict, tokens_BxT, positions_BxT=None):
-        return self.module(params)(tokens_BxT, positions_BxT)
+    def apply(self, params: dict, tokens_BxT, positions_BxT=None, probes: dict | None = None):
+        return self.module(params)(tokens_BxT, positions_BxT, probes=probes)
 
 
 @functools.lru_cache(maxsize=64)

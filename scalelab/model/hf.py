@@ -60,6 +60,10 @@ def hf_config(spec, max_positions: int = 2048, eos_id: int | None = None, bos_id
     `rope_theta` is written both at the top level (transformers 4.x) and in `rope_parameters`
     (transformers 5.x); `max_positions` (the context trained on) only informs HF's generation.
     """
+    if getattr(spec, "parametrization", "standard") != "standard":
+        raise HFConfigError("model.parametrization", f"a {spec.parametrization} model's logit multiplier and "
+                                                     "1/head_dim attention have no Llama config field; only "
+                                                     "standard models export")
     if spec.d_model % spec.n_heads:
         raise HFConfigError("num_attention_heads", f"transformers' LlamaConfig needs hidden_size={spec.d_model} to "
                                                    f"be a multiple of num_attention_heads={spec.n_heads}")

@@ -20,7 +20,7 @@ from flax import nnx
 
 from scalelab import ledger
 from scalelab.config import ConfigError
-from scalelab.model import attention
+from scalelab.model import attention, parametrization
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -40,6 +40,8 @@ class ModelSpec:
     compute_dtype: str = "float32"
     attention: str = "xla"  # an implementation name of scalelab.model.attention ("auto" resolved by from_config)
     remat: str = "none"
+    parametrization: str = "standard"  # standard | mup: scalelab/model/parametrization.py
+    mup_base_width: int = 256
 
     # the architecture's numbers, read through the one shape record
     d_model = property(lambda self: self.shape.d_model)
@@ -76,6 +78,8 @@ class ModelSpec:
             compute_dtype=cfg.train.precision,
             attention=resolve_attention(m.attention, cfg.train.precision, cfg.data.seq_len, shape.head_dim),
             remat=cfg.train.remat,
+            parametrization=m.get("parametrization", "standard"),  # run configs from before the key
+            mup_base_width=m.get("mup_base_width", 256),
         )
 
 
@@ -130,12 +134,14 @@ class Attention(nnx.Module):
     def __init__(self, spec: ModelSpec, rngs: nnx.Rngs):
         D, N, K, H = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.head_dim
         pd = DTYPES[spec.param_dtype]
-        out_std = spec.init_std / (2 * spec.n_layers) ** 0.5
-        self.wq = _param(rngs, (D, N, H), spec.init_std, ("embed", "heads", "head_dim"), pd)
-        self.wk = _param(rngs, (D, K, H), spec.init_std, ("embed", "kv_heads", "head_dim"), pd)
-        self.wv = _param(rngs, (D, K, H), spec.init_std, ("embed", "kv_heads", "head_dim"), pd)
+        std = parametrization.hidden_std(spec, spec.init_std)
+        out_std = std / (2 * spec.n_layers) ** 0.5
+        self.wq = _param(rngs, (D, N, H), std, ("embed", "heads", "head_dim"), pd)
+        self.wk = _param(rngs, (D, K, H), std, ("embed", "kv_heads", "head_dim"), pd)
+        self.wv = _param(rngs, (D, K, H), std, ("embed", "kv_heads", "head_dim"), pd)
         self.wo = _param(rngs, (N, H, D), out_std, ("heads", "head_dim", "embed"), pd)
         self.spec = spec
+        self.query_multiplier = parametrization.query_multiplier(spec)
 
     def __call__(self, x_BxTxD, sin, cos, cache=None):
         dt = x_BxTxD.dtype
@@ -143,6 +149,8 @@ class Attention(nnx.Module):
         k_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.wk[...].astype(dt))
         v_BxTxKxH = jnp.einsum("btd,dkh->btkh", x_BxTxD, self.wv[...].astype(dt))
         q_BxTxNxH = apply_rotary(q_BxTxNxH, sin, cos)
+        if self.query_multiplier is not None:  # mup: times the kernels' own 1/sqrt(H), scores scale as 1/H
+            q_BxTxNxH = q_BxTxNxH * jnp.asarray(self.query_multiplier, dt)
         k_BxTxKxH = apply_rotary(k_BxTxKxH, sin, cos)
         if cache is None:
             out_BxTxNxH = attention.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.spec.attention)
@@ -157,9 +165,10 @@ class SwiGLU(nnx.Module):
     def __init__(self, spec: ModelSpec, rngs: nnx.Rngs):
         D, F = spec.d_model, spec.d_ff
         pd = DTYPES[spec.param_dtype]
-        self.w_gate = _param(rngs, (D, F), spec.init_std, ("embed", "mlp"), pd)
-        self.w_up = _param(rngs, (D, F), spec.init_std, ("embed", "mlp"), pd)
-        self.w_down = _param(rngs, (F, D), spec.init_std / (2 * spec.n_layers) ** 0.5, ("mlp", "embed"), pd)
+        std = parametrization.hidden_std(spec, spec.init_std)
+        self.w_gate = _param(rngs, (D, F), std, ("embed", "mlp"), pd)
+        self.w_up = _param(rngs, (D, F), std, ("embed", "mlp"), pd)
+        self.w_down = _param(rngs, (F, D), std / (2 * spec.n_layers) ** 0.5, ("mlp", "embed"), pd)
 
     def __call__(self, x_BxTxD):
         dt = x_BxTxD.dtype
@@ -199,14 +208,19 @@ class Transformer(nnx.Module):
         if not spec.tied_embeddings:
             self.lm_head = _param(rngs, (spec.d_model, spec.vocab), spec.init_std, ("embed", "vocab"), pd)
 
-    def __call__(self, tokens_BxT, positions_BxT=None, caches=None):
-        """Logits (in the compute dtype) for every position; with `caches`, also the updated caches."""
+    def __call__(self, tokens_BxT, positions_BxT=None, caches=None, probes: dict | None = None):
+        """Logits (in the compute dtype) for every position; with `caches`, also the updated caches.
+
+        `probes`, a dict, receives the activations `embedding`, `block0` ... (each block's output,
+        the residual stream) and `logits` (for the coordinate check, scalelab/train/coord_check.py)."""
         spec = self.spec
         dt = DTYPES[spec.compute_dtype]
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
         sin, cos = rotary_tables(positions_BxT, spec.head_dim, spec.rope_theta)
         x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
+        if probes is not None:
+            probes["embedding"] = x_BxTxD
         new_caches = []
         for i, block in enumerate(self.blocks):
             cache = None if caches is None else caches[i]
@@ -217,7 +231,14 @@ class Transformer(nnx.Module):
             else:
                 x_BxTxD, cache = block(x_BxTxD, sin, cos, cache)
             new_caches.append(cache)
+            if probes is not None:
+                probes[f"block{i}"] = x_BxTxD
         x_BxTxD = self.final_norm(x_BxTxD)
         w_DxV = self.embed[...].T if spec.tied_embeddings else self.lm_head[...]
         logits_BxTxV = x_BxTxD @ w_DxV.astype(dt)
+        multiplier = parametrization.logit_multiplier(spec)
+        if multiplier is not None:  # mup: the output layer's 1/r
+            logits_BxTxV = logits_BxTxV * jnp.asarray(multiplier, dt)
+        if probes is not None:
+            probes["logits"] = logits_BxTxV
         return logits_BxTxV if caches is None else (logits_BxTxV, new_caches)

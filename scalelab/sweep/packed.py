@@ -117,8 +117,13 @@ def run_jobs(jobs: list[Job], max_members: int = 0) -> list[Job]:
 
 
 def _build(job: Job, devices):
+    from scalelab import paths
+    from scalelab.config import ConfigError
     from scalelab.train.build import build_run
 
+    if paths.mirror_url(job.run_dir):  # packed members write their run dirs locally, uploading none
+        raise ConfigError("hydra.sweep.dir", f"{paths.mirror_url(job.run_dir)}: packed sweeps need a local "
+                          "(or shared-filesystem) sweep directory; object-store URLs work with the local launcher")
     return build_run(job.cfg, job.run_dir, devices)
 
 

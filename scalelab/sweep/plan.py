@@ -132,6 +132,25 @@ def plan_pair(shape: ledger.Shape, budget: float, tokens_per_step: int, *, model
                       extra=list(extra)), None
 
 
+def centre_lr(cfg, shape: ledger.Shape, tokens: int) -> float:
+    """The peak lr a run of `cfg` at `tokens` would use: from `optimizer.lr_law` when set, else
+    `optimizer.lr` (the size's `model.lr` unless overridden)."""
+    if not cfg.optimizer.lr_law:
+        return float(cfg.optimizer.lr)
+    from scalelab.lr_law_file import read_law
+
+    tokens_per_step = int(cfg.train.batch_size) * int(cfg.data.seq_len)
+    return read_law(cfg.optimizer.lr_law).lr(ledger.non_embedding_params(shape), tokens, tokens_per_step)
+
+
+def lr_grid_overrides(cfg, shape: ledger.Shape, tokens: int, factors) -> list[tuple[float, list[str]]]:
+    """(lr, overrides) for each factor of an lr sweep around the run's own lr (`centre_lr`); a
+    law's lr becomes a plain optimizer.lr, so the law is switched off for these runs."""
+    centre = centre_lr(cfg, shape, tokens)
+    off = ["optimizer.lr_law=null"] if cfg.optimizer.lr_law else []
+    return [(float(f"{centre * f:.4g}"), [f"optimizer.lr={centre * f:.4g}", *off]) for f in factors]
+
+
 def job_overrides(job: PlannedJob) -> list[str]:
     return [*job.extra, f"model={job.model}", f"data.tokens={job.tokens}", f"budget={fmt_budget(job.budget)}"]
 
@@ -214,7 +233,8 @@ def completed_with_config(run_dir, config: dict) -> bool:
     """True when `run_dir/summary.json` says completed and records this same resolved config.
 
     "Same" is the trainer's own test when it has one (`scalelab.train.rundir.config_differences`, which
-    ignores keys a run may change on resume, such as `train.progress`), else exact equality."""
+    ignores keys a run may change on resume, such as `train.progress`), else exact equality. With
+    `optimizer.lr_law` set, `optimizer.lr` is left out: the run records the lr the law gave it."""
     path = Path(run_dir) / SUMMARY
     if not path.exists():
         return False
@@ -225,6 +245,10 @@ def completed_with_config(run_dir, config: dict) -> bool:
     if summary.get("status") != "completed" or not isinstance(summary.get("config"), dict):
         return False
     old, new = _normal(summary["config"]), _normal(config)
+    if (new.get("optimizer") or {}).get("lr_law"):
+        # the run recorded the lr its law gave, the composed config still holds the placeholder
+        for cfg in (old, new):
+            cfg.get("optimizer", {}).pop("lr", None)
     try:
         from scalelab.train.rundir import config_differences
     except ImportError:

@@ -35,6 +35,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from scalelab import paths
 from scalelab.runfiles import CHECKPOINT_FILES, CHECKPOINTS, DAMAGED, SUMMARY
 from scalelab.runtime import consensus, faults
 
@@ -79,9 +80,11 @@ def _options(keep: int, steps, async_save: bool) -> ocp.CheckpointManagerOptions
 class Checkpointer:
     """A run's own checkpoints, read and written; `Checkpointer.reader` opens another run's."""
 
-    def __init__(self, run_dir, keep: int = 2, async_save: bool = True, steps=(), read_only: bool = False):
+    def __init__(self, run_dir, keep: int = 2, async_save: bool = True, steps=(), read_only: bool = False,
+                 on_complete=None):
         self.run_dir = Path(run_dir).resolve()
         self.read_only = read_only
+        self.on_complete = on_complete  # called once complete checkpoints are listed (a mirror's upload)
         # read-only: no directory created, no temporary directory cleaned (it may be a save in
         # progress of the run that owns it), nothing deleted
         self._options = ocp.CheckpointManagerOptions(
@@ -121,6 +124,8 @@ class Checkpointer:
         unlisted, self._unlisted = self._unlisted, []
         if _is_main() and not self.read_only:
             write_file_lists(self.run_dir, unlisted)
+            if unlisted and self.on_complete is not None:
+                self.on_complete()
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -311,9 +316,44 @@ def read_meta(step_dir) -> dict:
     return json.loads(meta_file.read_text()) if meta_file.exists() else {}
 
 
+def _newest_remote(names) -> str | None:
+    """In a store's listing of a run dir or of its checkpoints/ dir: the newest checkpoint's prefix,
+    among those with a file list (complete uploads) if any has one."""
+    found = {}
+    for name in names:
+        parts = name.split("/")
+        prefix = f"{CHECKPOINTS}/" if parts[0] == CHECKPOINTS else ""
+        parts = parts[1:] if prefix else parts
+        if len(parts) > 2 and parts[0].isdigit() and parts[1] == "state":
+            found[int(parts[0])] = f"{prefix}{parts[0]}/"
+    listed = {int(n.split("/")[1][:-5]) for n in names if n.startswith(FILE_LISTS + "/")
+              and n.endswith(".json") and n.split("/")[1][:-5].isdigit()}
+    steps = sorted(set(found) & listed) or sorted(found)
+    return found[steps[-1]] if steps else None
+
+
+def fetch_checkpoint(url: str) -> Path:
+    """A checkpoint in an object store, downloaded (once) into `$SCALELAB_CACHE/downloads/`: a run
+    dir's newest complete checkpoint with the run's summary.json, or one step dir."""
+    remote = paths.entries(url)
+    if any(n.startswith("state/") for n in remote):
+        return paths.fetch(url, area=paths.DOWNLOADS, remote=remote)
+    newest = _newest_remote(remote)
+    if newest is None:
+        raise NoCheckpoint(f"{url}: no checkpoint found (expected a run dir with checkpoints/<step>/, "
+                           "or a checkpoint step dir holding state/)")
+    local = paths.fetch(url, lambda n: n == SUMMARY or n.startswith(newest), paths.DOWNLOADS, remote)
+    parent = local / newest.rstrip("/")
+    for other in parent.parent.iterdir():  # older downloads: the newest is what a reader takes
+        if other.name.isdigit() and other != parent:
+            shutil.rmtree(other, ignore_errors=True)
+    return local
+
+
 def find_checkpoint(path) -> CheckpointFiles:
-    """A run dir (its newest checkpoint), its `checkpoints/` dir, or one `checkpoints/<step>/` dir."""
-    path = Path(path)
+    """A run dir (its newest checkpoint), its `checkpoints/` dir, or one `checkpoints/<step>/` dir;
+    each may be a URL (downloaded first)."""
+    path = fetch_checkpoint(path) if paths.is_url(path) else Path(path)
     if not path.exists():
         raise NoCheckpoint(f"no such run or checkpoint: {path}")
     step_dir = _newest_step_dir(path.resolve())

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from scalelab.data import pipeline
+from scalelab.runfiles import TRAIN_LOG
 from scalelab.runtime import hardware
 from scalelab.train.build import Run
 from scalelab.train.progress import Progress
@@ -88,7 +89,7 @@ def train_loop(run: Run, state, data_state, start_step: int, ckpt, runlog, summa
     eval_loss = summary.get("final_eval_loss")
     loop_start, first_done, pending = time.time(), None, None
     hyper = run.hyper_input()
-    with Progress(total, enabled=run.is_main and t.progress) as bar:
+    with Progress(total, enabled=run.is_main and t.progress, log_file=run.run_dir / TRAIN_LOG) as bar:
         rec = Recorder(run, runlog, bar, eval_set, start_step, peak)
         bar.update(start_step, None)
         for step in range(start_step + 1, total + 1):

@@ -93,8 +93,20 @@ def moments() -> optax.GradientTransformation:
     return optax.scale_by_adam()
 
 
-def adamw_update(params, grads, opt_state, step, hyper: Hyper):
-    """One AdamW step at the schedule's learning rate: (new params, new opt state, lr)."""
+def scale_by_lr_multipliers(multipliers) -> optax.GradientTransformation:
+    """Each parameter's update times its learning-rate multiplier (`multipliers`: a tree of floats
+    like the parameters, e.g. mup's per-group scales from `ModelFns.lr_multipliers`).
+
+    Stateless, and the multipliers are constants of the step: nothing to shard (FSDP, tensor
+    parallelism) and nothing to stack (packed members share their model, hence their multipliers)."""
+    return optax.stateless(lambda updates, _params: jax.tree.map(lambda u, m: u * m, updates, multipliers))
+
+
+def adamw_update(params, grads, opt_state, step, hyper: Hyper, lr_multipliers=None):
+    """One AdamW step at the schedule's learning rate: (new params, new opt state, lr).
+
+    `lr_multipliers` (None: one learning rate for all) scales each parameter's step, weight decay
+    included, as a per-parameter-group learning rate would."""
     g_norm = optax.tree.norm(grads)
     scale = jnp.where((hyper.clip > 0) & (g_norm > hyper.clip), hyper.clip / g_norm, 1.0)
     grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
@@ -106,5 +118,11 @@ def adamw_update(params, grads, opt_state, step, hyper: Hyper):
         u = u + hyper.weight_decay * p if decays else u
         return (p - lr * u).astype(p.dtype)
 
-    new_params = jax.tree.map(apply, params, direction, decay_mask(params))
+    if lr_multipliers is None:
+        new_params = jax.tree.map(apply, params, direction, decay_mask(params))
+        return new_params, opt_state, lr
+    decayed = jax.tree.map(lambda p, u, decays: u + hyper.weight_decay * p if decays else u,
+                           params, direction, decay_mask(params))
+    scaled, _ = scale_by_lr_multipliers(lr_multipliers).update(decayed, optax.EmptyState(), params)
+    new_params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params, scaled)
     return new_params, opt_state, lr

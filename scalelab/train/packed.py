@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -25,14 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalelab.runfiles import TRAIN_LOG
 from scalelab.train.build import Run
 from scalelab.train.checkpoint import Checkpointer
 from scalelab.train.loop import Diverged, Recorder, data_streams, evaluate
 from scalelab.train.preemption import PreemptionGuard
 from scalelab.train.progress import Progress
 from scalelab.train.run import finish, open_log
-from scalelab.train.rundir import RunLock, previous_state
-from scalelab.train.runlog import read_summary
+from scalelab.train.rundir import RunDirError, RunLock, previous_state
+from scalelab.train.runlog import read_metrics, read_summary
 from scalelab.train.start import initial_state
 from scalelab.train.step import build_member_parallel_step, build_steps, rules_key, stacked_sharding
 from scalelab.train.summary import base_summary, checkpoint_meta
@@ -121,7 +123,11 @@ class PackedGroup:
 
     def _open(self, m: Member):
         m.lock.__enter__()
-        previous = previous_state(m.run.run_dir, m.run.config)
+        try:
+            previous = previous_state(m.run.run_dir, m.run.config)
+        except RunDirError:
+            m.lock.__exit__(None, None, None)  # another run's directory: leave every file of it as it is
+            raise
         if previous == "completed":
             log.info("%s already completed with this config; nothing to do", m.run.run_dir)
             self.results[m.name] = read_summary(m.run.run_dir)
@@ -139,6 +145,24 @@ class PackedGroup:
         m.eval_loss = m.summary.get("final_eval_loss")
         return state
 
+    def finish_ended(self, states: list, peak: float) -> list:
+        """Finalize the members that resumed at their last step (killed between their final checkpoint
+        and their summary): evaluated and completed without a step; the states of the others."""
+        kept = []
+        for m, state in zip(list(self.members), states, strict=True):
+            if m.step < m.run.cadence.total:
+                kept.append(state)
+                continue
+            log.info("%s resumed at its last step (%d): finalizing", m.name, m.step)
+            self.members.remove(m)
+            rows = [r for r in read_metrics(m.run.run_dir) if "train_loss" in r]
+            m.rec.last_row = rows[-1] if rows else {}
+            try:
+                self._complete(m, state["params"], peak, "completed")
+            except Exception as exc:  # noqa: BLE001 - as in start: one member must not stop the others
+                self._fail(m, exc)
+        return kept
+
     # ---- ending a member --------------------------------------------------------------------
     def _fail(self, m: Member, exc: BaseException) -> None:
         m.summary = m.summary or {"status": "failed", "packed_with": self.names}
@@ -154,10 +178,12 @@ class PackedGroup:
         elif m.run.is_main and holds_dir:  # never write into a directory a live run holds
             from scalelab.train.runlog import RunLog
 
-            runlog = RunLog(m.run.run_dir, enabled=True, tensorboard=False)
+            runlog = RunLog(m.run.run_dir, enabled=True)
             runlog.summary(m.summary)
             runlog.close()
         m.lock.__exit__(None, None, None)
+        if m.rec is not None:
+            m.rec.bar.__exit__(None, None, None)
         self.results[m.name] = m.summary
 
     def _complete(self, m: Member, params, peak: float, status: str) -> None:
@@ -173,6 +199,7 @@ class PackedGroup:
             speed = (rec.last_step - done_step) * m.run.plan.tokens_per_step / seconds if seconds > 0 else None
             if speed:
                 m.summary.update(tokens_per_second=speed, mfu=speed * m.run.counts.flops_per_token / peak)
+        log.info("%s: %s at step %d, eval loss %.4f", m.name, status, rec.last_step, m.eval_loss)
         self._close(m)
 
 
@@ -330,6 +357,12 @@ class PackedLoop:
             self._repack(ended)
 
 
+def member_progress(m: Member) -> Progress:
+    """A member's log lines (off a terminal; on one, a packed group draws no bars), in its train.log."""
+    on = m.run.is_main and m.run.cfg.train.progress and not sys.stderr.isatty()
+    return Progress(m.run.plan.steps, enabled=on, log_file=m.run.run_dir / TRAIN_LOG, label=f"{m.name}: ").__enter__()
+
+
 def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | None = None) -> dict[str, dict]:
     """Train `runs` (sharing one `group_key`) as one packed program; each run's summary by name.
 
@@ -344,7 +377,10 @@ def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | Non
     peak, _ = hardware.peak_flops(group.leader.cfg.train.precision)
     loop = PackedLoop(group, peak, Layout(group.leader, member_mesh))
     for m in group.members:
-        m.rec = Recorder(m.run, m.runlog, Progress(m.run.plan.steps, enabled=False), m.eval_set, m.step, peak)
+        m.rec = Recorder(m.run, m.runlog, member_progress(m), m.eval_set, m.step, peak)
+    states = group.finish_ended(states, peak)
+    if not group.members:
+        return group.results
     own = guard is None
     with PreemptionGuard() if own else contextlib.nullcontext(guard) as guard:
         try:

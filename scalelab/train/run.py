@@ -21,15 +21,17 @@ from omegaconf import DictConfig
 from scalelab.config import ConfigError, check_keys
 from scalelab.data import pipeline
 from scalelab.runtime import distributed
-from scalelab.train import placement
+from scalelab.train import placement, trackers
 from scalelab.train.build import Run, build_run
 from scalelab.train.checkpoint import Checkpointer, checkpoint_dir
 from scalelab.train.loop import Diverged, train_loop
+from scalelab.train.mirror import RunMirror, locate
 from scalelab.train.preemption import PreemptionGuard
 from scalelab.train.rundir import RunLock, previous_state, truncate_metrics
 from scalelab.train.runlog import RunLog, read_summary
 from scalelab.train.start import initial_state
 from scalelab.train.summary import base_summary
+from scalelab.train.trackers import Trackers
 
 log = logging.getLogger("scalelab")
 
@@ -43,20 +45,28 @@ class Attempt:
 
 
 def run(cfg: DictConfig, run_dir, attempt: Attempt | None = None) -> dict:
-    """Train one run into `run_dir` and return its summary (callable without Hydra)."""
+    """Train one run into `run_dir` (a directory, a URL, or a URL's mirror: train/mirror.py) and
+    return its summary (callable without Hydra)."""
     attempt = attempt if attempt is not None else Attempt()
     check_keys(cfg)  # before anything runs: a stray key would otherwise train silently
     distributed.initialize(cfg.distributed)
     if jax.config.jax_compilation_cache_dir:  # e.g. JAX_COMPILATION_CACHE_DIR, set per sweep
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    built = build(cfg, run_dir)
+    local, url = locate(run_dir)
+    if url and jax.process_count() > 1:
+        raise ConfigError("hydra.run.dir", f"{url}: a run directory in an object store is for one-process "
+                          "runs; a multi-process run needs a shared filesystem")
+    built = build(cfg, local)
+    mirror = RunMirror(url, built.run_dir) if url and built.is_main else None
     with RunLock(built.run_dir, enabled=built.is_main):
+        if mirror:
+            mirror.pull()
         previous = previous_state(built.run_dir, built.config)
         if previous == "completed":
-            log.info("%s already completed with this config; nothing to do", built.run_dir)
+            log.info("%s already completed with this config; nothing to do", url or built.run_dir)
             return read_summary(built.run_dir)
         attempt.new = previous == "new"
-        return fit(built, resuming=previous == "resume", attempt=attempt)
+        return fit(built, resuming=previous == "resume", attempt=attempt, mirror=mirror)
 
 
 def build(cfg: DictConfig, run_dir) -> Run:
@@ -74,8 +84,9 @@ def build(cfg: DictConfig, run_dir) -> Run:
     return built
 
 
-def fit(run: Run, resuming: bool, attempt: Attempt | None = None) -> dict:
-    """Run the loop inside the error handling that always leaves a truthful summary.json."""
+def fit(run: Run, resuming: bool, attempt: Attempt | None = None, mirror: RunMirror | None = None) -> dict:
+    """Run the loop inside the error handling that always leaves a truthful summary.json (uploaded
+    by `mirror`, if any, with each complete checkpoint and at the end)."""
     attempt = attempt if attempt is not None else Attempt()
     summary = base_summary(run)
     if resuming:
@@ -84,12 +95,13 @@ def fit(run: Run, resuming: bool, attempt: Attempt | None = None) -> dict:
         log.info("%s", placement.table(run.fns, run.steps, run.mesh))
         log.info("attention %s, %d microbatch(es) per step", run.fns.spec.attention, run.grad_accum)
     c = run.cfg.checkpoint
-    ckpt = Checkpointer(run.run_dir, keep=c.keep, async_save=c.async_save, steps=c.steps)
+    ckpt = Checkpointer(run.run_dir, keep=c.keep, async_save=c.async_save, steps=c.steps,
+                        on_complete=mirror.push if mirror else None)
     runlog, started = None, time.time()
     try:
         state, data_state, start_step = initial_state(run, ckpt)
     except BaseException as exc:
-        failed(run, summary, runlog, ckpt, started, exc)
+        failed(run, summary, runlog, ckpt, started, exc, mirror)
         if not resuming and run.is_main:
             try:
                 checkpoint_dir(run.run_dir).rmdir()  # the new run's own, still empty (never a checkpoint)
@@ -99,52 +111,60 @@ def fit(run: Run, resuming: bool, attempt: Attempt | None = None) -> dict:
     attempt.started = True
     try:
         runlog = open_log(run, summary, start_step)
+        if mirror:
+            mirror.push()  # the store's summary says running, its metrics end at the resume step
         with PreemptionGuard() as guard:
             summary.update(train_loop(run, state, data_state, start_step, ckpt, runlog, summary, guard))
             summary["status"] = "preempted" if guard.requested else "completed"
             if guard.requested:
-                finish(run, summary, runlog, ckpt, started)
+                finish(run, summary, runlog, ckpt, started, mirror)
                 guard.hand_over()
     except Diverged as exc:
         summary.update(status="diverged", diverged_at_step=exc.step, error={"message": str(exc)},
                        last_checkpoint=max(ckpt.steps(), default=None))
-        finish(run, summary, runlog, ckpt, started)
+        finish(run, summary, runlog, ckpt, started, mirror)
         raise
     except BaseException as exc:
         if isinstance(exc, SystemExit) and summary.get("status") == "preempted":
             raise
-        failed(run, summary, runlog, ckpt, started, exc)
+        failed(run, summary, runlog, ckpt, started, exc, mirror)
         raise
-    finish(run, summary, runlog, ckpt, started)
+    finish(run, summary, runlog, ckpt, started, mirror)
     return summary
 
 
-def failed(run: Run, summary: dict, runlog, ckpt: Checkpointer, started: float, exc: BaseException) -> None:
+def failed(run: Run, summary: dict, runlog, ckpt: Checkpointer, started: float, exc: BaseException,
+           mirror: RunMirror | None = None) -> None:
     summary["status"] = "failed"
     summary["error"] = {"message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    finish(run, summary, runlog, ckpt, started)
+    finish(run, summary, runlog, ckpt, started, mirror)
 
 
 def open_log(run: Run, summary: dict, start_step: int) -> RunLog:
     """The run's log files, with rows an interrupted attempt logged after its checkpoint dropped."""
     if start_step:
         summary["resumed_from"].append(start_step)
+    opened = None
     if run.is_main:
+        opened = Trackers(run.cfg.logger, run.run_dir, run.config, trackers.last_logged_step(run.run_dir))
         dropped = truncate_metrics(run.run_dir, start_step)
         if start_step or dropped:
             log.info("resuming from step %d (dropped %d metrics rows logged after it)", start_step, dropped)
-    runlog = RunLog(run.run_dir, enabled=run.is_main)
+    runlog = RunLog(run.run_dir, enabled=run.is_main, trackers=opened)
     runlog.summary(summary)
     return runlog
 
 
-def finish(run: Run, summary: dict, runlog: RunLog | None, ckpt: Checkpointer, started: float) -> None:
-    """Wait for the last checkpoint, then write the final summary."""
+def finish(run: Run, summary: dict, runlog: RunLog | None, ckpt: Checkpointer, started: float,
+           mirror: RunMirror | None = None) -> None:
+    """Wait for the last checkpoint, then write the final summary (and upload the run's files)."""
     try:
         ckpt.close()
     except Exception as exc:  # noqa: BLE001 - keep the summary even if the last save failed
         summary.setdefault("error", {"message": f"checkpoint close failed: {exc}"})
     summary["wall_seconds"] = round(time.time() - started, 3)
-    runlog = runlog or RunLog(run.run_dir, enabled=run.is_main, tensorboard=False)
+    runlog = runlog or RunLog(run.run_dir, enabled=run.is_main)
     runlog.summary(summary)
     runlog.close()
+    if mirror:
+        mirror.push()

@@ -23,7 +23,7 @@ LOCK = ".lock"
 # not the mathematics of training
 RESUMABLE_CHANGES = (
     "mesh", "distributed", "checkpoint", "train.progress", "train.remat", "train.grad_accum",
-    "train.log_every", "data.prefetch", "model.attention",
+    "train.log_every", "data.prefetch", "model.attention", "logger",
 )
 
 
@@ -74,12 +74,28 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def _schema_defaults() -> dict:
+    """The schema's default of every dotted key (what a key added since a run started means)."""
+    from omegaconf import OmegaConf
+
+    from scalelab.config import Config
+
+    return flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ, ignoring the keys a resume may change."""
+    """Dotted keys whose values differ, ignoring the keys a resume may change.
+
+    A key the old config lacks (a run recorded before the key existed) counts as equal when the
+    new config holds the schema's default for it: upgrading scalelab does not orphan run dirs."""
     a, b = flatten(old), flatten(new)
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k)
+    diff = [k for k in keys if a.get(k) != b.get(k)
             and not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
+    if any(k not in a for k in diff):
+        defaults = _schema_defaults()
+        diff = [k for k in diff if k in a or k not in defaults or b.get(k) != defaults[k]]
+    return diff
 
 
 def previous_state(run_dir: Path, config: dict) -> str:

@@ -1,4 +1,5 @@
-"""What a run leaves behind: metrics.jsonl, summary.json, TensorBoard events, the progress bar.
+"""What a run leaves behind: metrics.jsonl and summary.json (and, through scalelab/train/trackers/,
+TensorBoard, W&B or MLflow).
 
 Only process 0 writes. `summary.json` is rewritten atomically (temp file + rename) at start
 (`status: running`), and at the end with the final status, so a reader never sees half a file.
@@ -14,7 +15,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from scalelab.runfiles import METRICS, SUMMARY, TENSORBOARD
+from scalelab.runfiles import METRICS, SUMMARY
 
 PACKAGES = ("scalelab", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "hydra-core", "numpy")
 
@@ -83,46 +84,37 @@ def read_metrics(run_dir) -> list[dict]:
 
 
 class RunLog:
-    """Writer of one run's files; a no-op on processes other than 0."""
+    """Writer of one run's files; a no-op on processes other than 0. `trackers` (a
+    `scalelab.train.trackers.Trackers`, or None) get each row too, and the last summary on close."""
 
-    def __init__(self, run_dir, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir, enabled: bool = True, trackers=None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._metrics = None
-        self._tb = None
+        self._trackers = trackers if enabled else None
+        self._last_summary: dict = {}
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.run_dir / METRICS, "a")
-        if tensorboard:
-            from tensorboardX import FileWriter
-            from tensorboardX.proto.summary_pb2 import Summary
-
-            self._tb = FileWriter(str(self.run_dir / TENSORBOARD), flush_secs=30)
-            self._summary = Summary
 
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        row = {k: _clean(v) for k, v in row.items()}
-        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
         self._metrics.flush()
-        if self._tb is not None:
-            # one event per row with every scalar in it: one add_scalar per value is several times
-            # slower, which shows in small models' step times when logging every step
-            Summary = self._summary
-            values = [Summary.Value(tag=key, simple_value=float(value)) for key, value in row.items()
-                      if key != "step" and isinstance(value, (int, float))]
-            self._tb.add_summary(Summary(value=values), global_step=row["step"])
+        if self._trackers is not None:
+            self._trackers.log(row)
 
     def summary(self, fields: dict) -> None:
         if self.enabled:
+            self._last_summary = fields
             write_json_atomic(self.run_dir / SUMMARY, {k: _clean(v) for k, v in fields.items()})
 
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        if self._trackers is not None:
+            self._trackers.finish(self._last_summary)
+            self._trackers = None

@@ -7,6 +7,8 @@ import logging
 
 import jax
 
+from scalelab import paths
+from scalelab.runfiles import CHECKPOINT_FILES, CHECKPOINTS
 from scalelab.train import hf_checkpoint, optim
 from scalelab.train.build import Run
 from scalelab.train.checkpoint import (
@@ -51,7 +53,7 @@ def fork_step(run: Run) -> int:
 def fork(run: Run, abstract):
     """The stable run's full state (parameters, optimizer, data position) at this run's decay start."""
     step = fork_step(run)
-    source = Checkpointer.reader(run.cfg.fork_from)
+    source = Checkpointer.reader(fork_source(run.cfg.fork_from, step))
     try:
         if step not in source.steps():
             raise CheckpointError(
@@ -63,6 +65,14 @@ def fork(run: Run, abstract):
         source.close()
     log.info("forked from %s at step %d", run.cfg.fork_from, step)
     return state, data_state, step
+
+
+def fork_source(fork_from: str, step: int):
+    """The stable run's directory; at a URL, a download of its checkpoint at `step` only."""
+    if not paths.is_url(fork_from):
+        return fork_from
+    wanted = (f"{CHECKPOINTS}/{step}/", f"{CHECKPOINT_FILES}/{step}.json")
+    return paths.fetch(fork_from, lambda name: name.startswith(wanted), paths.DOWNLOADS)
 
 
 def check_tokenizer(run: Run, init_from: str) -> None:

@@ -148,10 +148,12 @@ def _grads_fn(fns: ModelFns, mesh, param_sh, batch_size: int, grad_accum: int, i
     return shard_map_loss_and_grads(fns, mesh, param_specs, batch_spec, grad_accum)
 
 
-def one_step(grads_fn, state, batch, hyper: optim.Hyper):
-    """The update of one run: loss and gradients, then AdamW at the schedule's learning rate."""
+def one_step(grads_fn, state, batch, hyper: optim.Hyper, lr_multipliers=None):
+    """The update of one run: loss and gradients, then AdamW at the schedule's learning rate (times
+    each parameter's multiplier from the model's parametrization, when it has them)."""
     loss, grads = grads_fn(state["params"], batch)
-    params, opt_state, lr = optim.adamw_update(state["params"], grads, state["opt_state"], state["step"], hyper)
+    params, opt_state, lr = optim.adamw_update(state["params"], grads, state["opt_state"], state["step"], hyper,
+                                               lr_multipliers)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
     return new_state, {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
 
@@ -189,7 +191,8 @@ def build_steps(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_a
     state_sh = {"step": replicated, "params": param_sh,
                 "opt_state": optax.tree_map_params(moments, lambda _, s: s, abstract["opt_state"], param_sh,
                                                    transform_non_params=lambda _: replicated)}
-    step_fn = partial(one_step, _grads_fn(fns, mesh, param_sh, batch_size, grad_accum, impl))
+    step_fn = partial(one_step, _grads_fn(fns, mesh, param_sh, batch_size, grad_accum, impl),
+                      lr_multipliers=fns.lr_multipliers)
     if members:
         if impl == "shard_map":
             raise ConfigError("mesh.impl", "packed sweeps run with mesh.impl=jit")
@@ -212,7 +215,8 @@ def build_member_parallel_step(fns: ModelFns, member_mesh, grad_accum: int):
     This is the fastest layout for models small enough that one device holds a whole run (each
     core of a CPU, each GPU of a host); the member count must divide over the devices.
     """
-    step_fn = jax.vmap(partial(one_step, partial(loss_and_grads, fns, grad_accum=grad_accum)))
+    step_fn = jax.vmap(partial(one_step, partial(loss_and_grads, fns, grad_accum=grad_accum),
+                               lr_multipliers=fns.lr_multipliers))
     spread = jax.sharding.NamedSharding(member_mesh, jax.sharding.PartitionSpec("data"))
     return jax.jit(step_fn, in_shardings=(spread, spread, spread), out_shardings=(spread, spread),
                    donate_argnums=0)

@@ -16,7 +16,7 @@ def start_kind(cfg) -> str:
 def data_record(run: Run) -> dict:
     store = run.store
     tokenizer = store.tokenizer
-    return {"source": run.cfg.data.source, "path": str(store.path.resolve()),
+    return {"source": run.cfg.data.source, "path": store.url or str(store.path.resolve()),
             "tokenizer": tokenizer.to_dict() if tokenizer.kind == "byte"
             else {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
             "train_tokens": store.tokens("train"), "val_tokens": store.tokens("val"),
@@ -36,6 +36,8 @@ def base_summary(run: Run) -> dict:
         "flops_per_token": counts.flops_per_token,
         "flops_convention": ledger.CONVENTION,
         "budget": cfg.budget,
+        "lr": float(run.hyper.schedule.peak),  # the peak lr used (from optimizer.lr_law when set)
+        "lr_law": cfg.optimizer.lr_law,
         "steps": run.plan.steps,
         "tokens_per_step": run.plan.tokens_per_step,
         "epochs": round(run.plan.epochs, 4),

@@ -341,3 +341,21 @@ def test_failed_and_killed_jobs_are_reported_and_relaunch_redoes_only_them(tmp_p
 
     r2 = scalelab_train(*args, cwd=tmp_path)
     assert r2.returncode != 0 and "skipping 1 job(s)" in r2.stdout  # only the failed job runs again
+
+
+def test_isoflop_lr_grid_sweeps_factors_around_the_law_dry_run(tmp_path):
+    from scalelab.lr_law_file import LrLaw, write_law
+
+    law = LrLaw(c=0.5, p=-0.3, q=0.05)
+    path = write_law(law, tmp_path / "law.json")
+    r = scalelab_train("-m", *ISO, "hydra.sweeper.lr_grid=[0.5,1,2]", f"optimizer.lr_law={path}",
+                       "hydra.sweeper.dry_run=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line.split() for line in r.stdout.splitlines() if "optimizer.lr=" in line]
+    assert len(rows) == 9 and len({(c[0], c[1]) for c in rows}) == 3
+    ratios = set()
+    for cells in rows:
+        n, d = int(cells[2].replace(",", "")), int(cells[3].replace(",", ""))
+        lr = float(re.search(r"optimizer\.lr=([0-9.e+-]+)", " ".join(cells)).group(1))
+        ratios.add(round(lr / law.lr(n, d), 2))
+    assert ratios == {0.5, 1.0, 2.0}

@@ -128,3 +128,18 @@ def test_a_failed_start_never_removes_the_directory_of_a_live_run(tmp_path):
         assert (tmp_path / ".hydra").is_dir()
     clean_failed_start(tmp_path)
     assert not tmp_path.exists()
+
+
+def test_a_run_recorded_before_a_key_existed_is_still_the_same_run():
+    """Upgrading scalelab adds schema keys: a run dir whose config lacks one is not 'different' when the
+    new config holds that key's default, and is when it holds another value."""
+    from omegaconf import OmegaConf
+
+    from scalelab.train.rundir import config_differences
+
+    new = OmegaConf.to_container(compose_config(["model=p15k"]), resolve=True)
+    old = {**new, "model": {k: v for k, v in new["model"].items() if k != "parametrization"}}
+    assert config_differences(old, new) == []
+    changed = {**new, "model": {**new["model"], "parametrization": "mup"}}
+    assert config_differences(old, changed) == ["model.parametrization"]
+    assert config_differences(new, {**new, "train": {**new["train"], "seed": 7}}) == ["train.seed"]

@@ -113,3 +113,31 @@ def test_groups_of_two_models_train_side_by_side_one_per_device(tmp_path):
     solo = tmp_path / "solo"
     fit(build_run(compose_config(TINY + ["model.d_model=48", "optimizer.lr=1e-2"]), solo, jax.devices()[:1]), False)
     np.testing.assert_allclose(train_losses(one), train_losses(solo), rtol=1e-4)
+
+
+def test_a_foreign_run_dir_is_left_untouched_and_a_member_at_its_last_step_is_finalized(tmp_path):
+    """A member whose directory holds a run with another config fails without touching its files (its
+    train.log gets the error line);
+    a member whose final checkpoint exists but whose summary does not say completed (killed between
+    the two) is finalized without stepping; their sibling trains."""
+    import json
+
+    first = run_jobs(jobs_for(tmp_path, [1e-2, 3e-3]))
+    assert all(j.error is None for j in first)
+    foreign = tmp_path / "lr0.01"
+    before = {p.name: p.read_bytes() for p in foreign.iterdir() if p.is_file() and p.name != "train.log"}
+    ended = tmp_path / "lr0.003"
+    summary = read_summary(ended)
+    (ended / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    losses = train_losses(ended)
+
+    jobs = [Job(cfg=compose_config(PACKED + ["optimizer.lr=1e-2", "train.seed=5"]), run_dir=foreign),
+            Job(cfg=compose_config(PACKED + ["optimizer.lr=3e-3"]), run_dir=ended),
+            Job(cfg=compose_config(PACKED + ["optimizer.lr=3e-2"]), run_dir=tmp_path / "fresh")]
+    run_jobs(jobs)
+    assert "different config" in str(jobs[0].error)
+    assert {p.name: p.read_bytes() for p in foreign.iterdir() if p.is_file() and p.name != "train.log"} == before
+    again = read_summary(ended)
+    assert again["status"] == "completed" and again["final_eval_loss"] == pytest.approx(summary["final_eval_loss"])
+    np.testing.assert_array_equal(train_losses(ended), losses)
+    assert read_summary(tmp_path / "fresh")["status"] == "completed"
