@@ -33,7 +33,7 @@ for extra in ${requested//,/ }; do
 done
 stamp=.venv/.scalelab-installed
 want=$(sha256sum pyproject.toml | cut -c1-16)
-read -r have have_extras < "$stamp" 2>/dev/null || { have=; have_extras=; }
+{ read -r have have_extras < "$stamp"; } 2>/dev/null || { have=; have_extras=; }
 
 if ! { [ -x .venv/bin/python ] && in_range .venv/bin/python; }; then
   PY=${PYTHON:-$(find_python)} || { echo "scalelab needs Python 3.11, 3.12 or 3.13 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
