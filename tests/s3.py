@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import urllib.request
 
 import pytest
 
@@ -20,6 +21,8 @@ def s3_server(bucket: str = "bucket"):
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server.start()
     host, port = server.get_host_and_port()
+    # moto keeps its buckets in process-wide state that outlives a server: start from nothing
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
     saved = {k: os.environ.get(k) for k in env}
