@@ -42,3 +42,12 @@ def build_wheel(out: Path) -> Path:
                     str(source)], check=True, capture_output=True, timeout=300)
     (built,) = out.glob("scalelab-*.whl")
     return built
+
+
+def finish(proc, timeout=300):
+    """Wait for a subprocess started with stderr piped (killed if it outlives `timeout`): (returncode, stderr)."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return proc.returncode, err

@@ -151,7 +151,7 @@ def _add_lr_law(subparsers) -> None:
                                           "hyperparameter but the lr. Per cell, a parabola in log(lr) around the "
                                           "best run gives lr_opt; log lr_opt = log c + p log N + q log D (+ r log B, "
                                           "B = batch_size * seq_len tokens) is fitted by least squares with bootstrap "
-                                          "intervals over cells. Writes DIR/lr_law.json (for optimizer.lr_law=PATH) "
+                                          "intervals (the cells' residuals resampled). Writes DIR/lr_law.json (for optimizer.lr_law=PATH) "
                                           "and the figures lr_sweeps and lr_law (PNG, SVG, PDF).")
     p.add_argument("table", metavar="TABLE", help="runs table (.csv/.parquet) or a sweep directory")
     p.add_argument("--over", default="N,D", metavar="N,D[,B]", help="the law's variables (default N,D)")

@@ -233,8 +233,7 @@ def completed_with_config(run_dir, config: dict) -> bool:
     """True when `run_dir/summary.json` says completed and records this same resolved config.
 
     "Same" is the trainer's own test when it has one (`scalelab.train.rundir.config_differences`, which
-    ignores keys a run may change on resume, such as `train.progress`), else exact equality. With
-    `optimizer.lr_law` set, `optimizer.lr` is left out: the run records the lr the law gave it."""
+    ignores keys a run may change on resume, such as `train.progress`), else exact equality."""
     path = Path(run_dir) / SUMMARY
     if not path.exists():
         return False
@@ -245,10 +244,6 @@ def completed_with_config(run_dir, config: dict) -> bool:
     if summary.get("status") != "completed" or not isinstance(summary.get("config"), dict):
         return False
     old, new = _normal(summary["config"]), _normal(config)
-    if (new.get("optimizer") or {}).get("lr_law"):
-        # the run recorded the lr its law gave, the composed config still holds the placeholder
-        for cfg in (old, new):
-            cfg.get("optimizer", {}).pop("lr", None)
     try:
         from scalelab.train.rundir import config_differences
     except ImportError:

@@ -87,9 +87,13 @@ def config_differences(old: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ, ignoring the keys a resume may change.
 
     A key the old config lacks (a run recorded before the key existed) counts as equal when the
-    new config holds the schema's default for it: upgrading scalelab does not orphan run dirs."""
+    new config holds the schema's default for it: upgrading scalelab does not orphan run dirs.
+    With the same `optimizer.lr_law` on both sides, `optimizer.lr` follows from it (a composed
+    config holds a placeholder there, a run records the lr the law gave it) and is not compared."""
     a, b = flatten(old), flatten(new)
     keys = sorted(set(a) | set(b))
+    if b.get("optimizer.lr_law") and a.get("optimizer.lr_law") == b["optimizer.lr_law"]:
+        keys = [k for k in keys if k != "optimizer.lr"]
     diff = [k for k in keys if a.get(k) != b.get(k)
             and not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
     if any(k not in a for k in diff):

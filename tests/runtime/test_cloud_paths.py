@@ -12,7 +12,7 @@ import time
 import pytest
 
 from scalelab import paths
-from tests.helpers import REPO, TINY
+from tests.helpers import REPO, TINY, finish
 from tests.s3 import s3_server
 
 # as tests/train/test_checkpoint.py's KILLABLE: 40 steps, slow enough to kill mid-run, a checkpoint every 8
@@ -42,14 +42,6 @@ def command(args, cache, train=False):
 
 def start(run_dir, cache):
     return command([f"hydra.run.dir={run_dir}", *KILLABLE], cache, train=True)
-
-
-def finish(proc, timeout=300):
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        proc.kill()
-    return proc.returncode, err
 
 
 def metrics(url):

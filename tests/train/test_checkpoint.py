@@ -17,7 +17,7 @@ from scalelab.train.loop import Diverged
 from scalelab.train.run import run
 from scalelab.train.rundir import RunDirError, RunLock
 from scalelab.train.runlog import read_metrics, read_summary
-from tests.helpers import REPO, TINY, compose_config
+from tests.helpers import REPO, TINY, compose_config, finish
 
 # slower steps than TINY (so that a kill lands mid-run), 40 steps, a checkpoint every 8
 KILLABLE = TINY + ["model.d_model=64", "model.d_ff=128", "data.seq_len=64", "data.tokens=20480",
@@ -29,14 +29,6 @@ def start(run_dir, *overrides):
     cmd = [sys.executable, "-c", "from scalelab.cli.entry import train; train()", f"hydra.run.dir={run_dir}",
            *KILLABLE, *overrides]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc, timeout=300):
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        proc.kill()
-    return proc.returncode, err
 
 
 def wait_for(condition, proc, timeout=240):

@@ -143,3 +143,14 @@ def test_a_run_recorded_before_a_key_existed_is_still_the_same_run():
     changed = {**new, "model": {**new["model"], "parametrization": "mup"}}
     assert config_differences(old, changed) == ["model.parametrization"]
     assert config_differences(new, {**new, "train": {**new["train"], "seed": 7}}) == ["train.seed"]
+
+
+def test_with_the_same_lr_law_the_lr_it_gave_is_not_a_difference():
+    from scalelab.train.rundir import config_differences
+
+    def cfg(lr, law):
+        return {"optimizer": {"lr": lr, "lr_law": law}, "train": {"seed": 0}}
+
+    assert config_differences(cfg(0.0042, "law.json"), cfg("${model.lr}", "law.json")) == []
+    assert config_differences(cfg(0.0042, "law.json"), cfg(0.0042, "other.json")) == ["optimizer.lr_law"]
+    assert config_differences(cfg(0.0042, None), cfg(0.003, None)) == ["optimizer.lr"]
