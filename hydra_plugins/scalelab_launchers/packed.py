@@ -4,7 +4,8 @@ in this process (see scalelab/sweep/packed.py for what may differ inside a group
     scalelab-train -m hydra/launcher=packed optimizer.lr=1e-3,3e-3,1e-2 train.seed=0,1 model=p15k
 
 Each job still gets its own run directory with Hydra's `.hydra/` files, `train.log`, metrics,
-summary and checkpoints; `hydra.launcher.max_members` caps a group (0: from the device's memory).
+summary and checkpoints; `hydra.launcher.max_members` caps a group (0: from the device's memory) and
+`hydra.launcher.steps_per_call` sets how many steps one jitted call runs (default 16).
 """
 
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 class PackedLauncherConf:
     _target_: str = "hydra_plugins.scalelab_launchers.packed.PackedLauncher"
     max_members: int = 0  # runs per packed group; 0: as many as a quarter of the device memory holds
+    steps_per_call: int = 16  # training steps per jitted call (a scan over K batches); scalelab.train.packed.STEPS_PER_CALL
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="scalelab")
@@ -38,9 +40,11 @@ def _collect(cfg: DictConfig):
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, max_members: int = 0) -> None:
+    def __init__(self, max_members: int = 0, steps_per_call: int = 16) -> None:
         super().__init__()
-        self.max_members = max_members
+        if steps_per_call < 1:
+            raise ValueError(f"hydra.launcher.steps_per_call must be at least 1, got {steps_per_call}")
+        self.max_members, self.steps_per_call = max_members, steps_per_call
         self.config: DictConfig | None = None
         self.hydra_context: Any = None
 
@@ -74,7 +78,7 @@ class PackedLauncher(Launcher):
             cfg, run_dir = ret.return_value
             jobs.append(Job(cfg=cfg, run_dir=run_dir))
         logging.getLogger("scalelab").setLevel(logging.INFO)
-        run_jobs(jobs, self.max_members)
+        run_jobs(jobs, self.max_members, self.steps_per_call)
         for ret, job in zip(returns, jobs, strict=True):
             if job.error is None:
                 ret.status, ret.return_value = JobStatus.COMPLETED, None

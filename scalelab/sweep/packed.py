@@ -77,7 +77,7 @@ def plan_groups(runs: list, max_members: int = 0) -> list[list]:
     return groups
 
 
-def run_jobs(jobs: list[Job], max_members: int = 0) -> list[Job]:
+def run_jobs(jobs: list[Job], max_members: int = 0, steps_per_call: int | None = None) -> list[Job]:
     """Build every job's run (a job that cannot start fails alone), then train the groups.
 
     On one process with the default mesh, whole runs go one per device: with at least as many
@@ -99,7 +99,7 @@ def run_jobs(jobs: list[Job], max_members: int = 0) -> list[Job]:
     with PreemptionGuard() as guard:
         lanes = assign_lanes(groups, jax.local_device_count())
         if len(lanes) > 1:
-            threads = [threading.Thread(target=_run_lane, args=(lane, k, built, guard), name=f"lane{k}")
+            threads = [threading.Thread(target=_run_lane, args=(lane, k, built, guard, steps_per_call), name=f"lane{k}")
                        for k, lane in enumerate(lanes)]
             for t in threads:
                 t.start()
@@ -110,7 +110,7 @@ def run_jobs(jobs: list[Job], max_members: int = 0) -> list[Job]:
             for group in groups:
                 if guard.requested:  # the groups not started yet stay as they are: a relaunch runs them
                     break
-                _train_group(group, built, guard, mesh if spreads_members(group[0].cfg) else None)
+                _train_group(group, built, guard, mesh if spreads_members(group[0].cfg) else None, steps_per_call)
         if guard.requested:
             guard.hand_over()
     return jobs
@@ -153,21 +153,21 @@ def assign_lanes(groups: list[list], devices: int) -> list[list[list]]:
     return lanes
 
 
-def _run_lane(lane: list[list], k: int, built: dict, guard) -> None:
+def _run_lane(lane: list[list], k: int, built: dict, guard, steps_per_call: int | None) -> None:
     device = jax.local_devices()[k]
     for group in lane:
         if guard.requested:
             break
         if k:  # rebuild the runs on this lane's device (nothing compiled yet)
             group = [_build(built[r.run_dir.name][0], [device]) for r in group]
-        _train_group(group, built, guard, None)
+        _train_group(group, built, guard, None, steps_per_call)
 
 
-def _train_group(group: list, built: dict, guard, member_mesh) -> None:
+def _train_group(group: list, built: dict, guard, member_mesh, steps_per_call: int | None = None) -> None:
     log.info("packed group of %d run(s) of %s on %s", len(group), group[0].cfg.model.name,
              "all devices" if member_mesh is not None else group[0].mesh.devices.flat[0])
     try:
-        results = train_group_logged(group, member_mesh, guard)
+        results = train_group_logged(group, member_mesh, guard, steps_per_call)
     except Exception as exc:  # noqa: BLE001 - the members' summaries say failed; other groups go on
         log.error("packed group of %s failed: %s", group[0].cfg.model.name, exc)
         results = {}
@@ -189,7 +189,7 @@ class _ThisThread(logging.Filter):
         return record.thread == self.ident
 
 
-def train_group_logged(group: list, member_mesh=None, guard=None) -> dict:
+def train_group_logged(group: list, member_mesh=None, guard=None, steps_per_call: int | None = None) -> dict:
     """`train_packed`, with the group's log lines (this thread's) also in every member's train.log."""
     from scalelab.runfiles import TRAIN_LOG
     from scalelab.train.packed import train_packed
@@ -203,7 +203,7 @@ def train_group_logged(group: list, member_mesh=None, guard=None) -> dict:
         logging.getLogger("scalelab").addHandler(handler)
         handlers.append(handler)
     try:
-        return train_packed(group, member_mesh, guard)
+        return train_packed(group, member_mesh, guard, steps_per_call)
     finally:
         for handler in handlers:
             logging.getLogger("scalelab").removeHandler(handler)

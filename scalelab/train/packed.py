@@ -2,8 +2,9 @@
 
 Each member is a normal run (its own run directory, lock, checkpoints, data order, schedule,
 metrics and summary); only the device program is shared. Members are stacked along a leading
-axis of the train state, the batch and the `Hyper` input, and `build_steps(..., members=M)`
-vmaps the single-run step over it. When a member finishes (or diverges) it is evaluated,
+axis of the train state, the batches and the `Hyper` input, and one jitted call runs K steps of
+every member (`steps_per_call`, a `lax.scan` of the single-run step, vmapped over the members; a
+member's call ends early at its evals, checkpoints and last step). When a member finishes (or diverges) it is evaluated,
 finalized and taken out of the stack: the remaining members go on in a program for M - 1 (one
 more compilation per distinct M), so a finished member's slot costs nothing afterwards.
 
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalelab.config import ConfigError
 from scalelab.runfiles import TRAIN_LOG
 from scalelab.train.build import Run
 from scalelab.train.checkpoint import Checkpointer
@@ -36,10 +38,19 @@ from scalelab.train.run import finish, open_log
 from scalelab.train.rundir import RunDirError, RunLock, previous_state
 from scalelab.train.runlog import read_metrics, read_summary
 from scalelab.train.start import initial_state
-from scalelab.train.step import build_member_parallel_step, build_steps, rules_key, stacked_sharding
+from scalelab.train.step import (
+    build_member_parallel_step,
+    build_packed_chunk_step,
+    rules_key,
+    stacked_sharding,
+)
 from scalelab.train.summary import base_summary, checkpoint_meta
 
 log = logging.getLogger("scalelab")
+
+# training steps per jitted call of a packed group (hydra.launcher.steps_per_call): enough to make the
+# per-call dispatch, batch transfer and metrics read negligible for tiny models
+STEPS_PER_CALL = 16
 
 
 @dataclass(eq=False)
@@ -219,26 +230,32 @@ class Layout:
         return -(-members // multiple) * multiple
 
     def train_step(self, width: int):
+        """The group's jitted call: K steps of every member (see `steps_of_one_run`)."""
         run = self.leader
         if self.member_mesh is not None:
             return build_member_parallel_step(run.fns, self.member_mesh, run.grad_accum)
-        return build_steps(run.fns, run.mesh, rules_key(run.rules), run.cfg.train.batch_size, run.grad_accum,
-                           run.cfg.mesh.impl, members=width).train_step
+        if run.cfg.mesh.impl != "jit":
+            raise ConfigError("mesh.impl", "packed sweeps run with mesh.impl=jit")
+        return build_packed_chunk_step(run.fns, run.mesh, rules_key(run.rules), run.cfg.train.batch_size,
+                                       run.grad_accum, width)
 
     def shardings(self, width: int):
-        """(state, batch, hyper) shardings of a stack of `width`."""
+        """(state, batches, per-member input) shardings of a stack of `width`."""
         if self.spread is not None:
             return self.spread, self.spread, self.spread
         steps = self.leader.steps
         state = jax.tree.map(lambda s: stacked_sharding(s, width), steps.state_shardings)
-        return state, stacked_sharding(steps.batch_sharding, width), stacked_sharding(steps.hyper_sharding, width)
+        batches = jax.sharding.NamedSharding(steps.mesh, jax.sharding.PartitionSpec(None, None,
+                                                                                     *steps.batch_sharding.spec))
+        return state, batches, stacked_sharding(steps.hyper_sharding, width)
 
 
 class PackedLoop:
     """The loop of a packed group: one vmapped step per iteration, per-member bookkeeping."""
 
-    def __init__(self, group: PackedGroup, peak: float, layout: Layout):
+    def __init__(self, group: PackedGroup, peak: float, layout: Layout, steps_per_call: int | None = None):
         self.g, self.peak, self.layout = group, peak, layout
+        self.steps_per_call = max(1, int(steps_per_call or STEPS_PER_CALL))
         self.step_fn = self.state = self.hyper = None
         self.width = 0
 
@@ -247,7 +264,8 @@ class PackedLoop:
         self.width = self.layout.width(members)
         ghosts = self.width - members
         self.step_fn = self.layout.train_step(self.width)
-        state_sh, self.batch_sh, hyper_sh = self.layout.shardings(self.width)
+        state_sh, self.batch_sh, self.member_sh = self.layout.shardings(self.width)
+        hyper_sh = self.member_sh
         self.state = _stack(states + [states[-1]] * ghosts, state_sh)
         hypers = [m.run.hyper.as_input() for m in self.g.members]
         self.hyper = _stack(hypers + [hypers[-1]] * ghosts, hyper_sh)
@@ -255,11 +273,29 @@ class PackedLoop:
                  f" (+{ghosts} idle cop{'y' if ghosts == 1 else 'ies'} to fill the devices)" if ghosts else "",
                  ", ".join(m.name for m in self.g.members))
 
-    def _batch(self):
-        rows = [next(m.data_iter) for m in self.g.members]
-        local = np.stack(rows + [rows[-1]] * (self.width - len(rows)))
-        shape = (local.shape[0], self.g.leader.cfg.train.batch_size, *local.shape[2:])
-        return jax.make_array_from_process_local_data(self.batch_sh, local, shape)
+    def _steps_ahead(self, m: Member) -> int:
+        """How many steps member `m` takes in the next call: up to K, ending at its next eval,
+        checkpoint or last step (the loop acts on those between calls)."""
+        cadence = m.run.cadence
+        for n in range(1, self.steps_per_call):
+            step = m.step + n
+            if cadence.evaluates(step) or cadence.saves(step):
+                return n
+        return self.steps_per_call
+
+    def _batches(self, counts: list[int]):
+        """Each member's next `counts[i]` batches, padded to K (inactive steps), and the active flags."""
+        k = self.steps_per_call
+        active_WxK = np.zeros((self.width, k), dtype=bool)
+        per_member = []
+        for i, (m, n) in enumerate(zip(self.g.members, counts, strict=True)):
+            rows = [next(m.data_iter) for _ in range(n)]
+            per_member.append(np.stack(rows + [rows[-1]] * (k - n)))
+            active_WxK[i, :n] = True
+        local_WxKxBxT1 = np.stack(per_member + [per_member[-1]] * (self.width - len(per_member)))
+        shape = (self.width, k, self.g.leader.cfg.train.batch_size, *local_WxKxBxT1.shape[3:])
+        batches = jax.make_array_from_process_local_data(self.batch_sh, local_WxKxBxT1, shape)
+        return batches, jax.device_put(active_WxK, self.member_sh)
 
     def _repack(self, leaving: list[int]) -> None:
         """Take the members at `leaving` out of the stack (they are finalized already)."""
@@ -280,14 +316,18 @@ class PackedLoop:
         pending = None
         while self.g.members:
             members = list(self.g.members)
-            self.state, metrics = self.step_fn(self.state, self._batch(), self.hyper)
-            for m in members:
-                m.step += 1
+            counts = [self._steps_ahead(m) for m in members]
+            batches, active = self._batches(counts)
+            self.state, metrics = self.step_fn(self.state, batches, active, self.hyper)
+            starts = [m.step for m in members]
+            for m, n in zip(members, counts, strict=True):
+                m.step += n
+            metrics = (starts, counts, metrics)
             if pending is not None:
                 self._record(*pending)
             pending = (members, metrics)
             if members[0].first_done is None:
-                jax.block_until_ready(metrics)
+                jax.block_until_ready(metrics[2])
                 for m in members:
                     m.first_done = (m.step, time.time())
             events = {m.name: self._events(m, guard) for m in self.g.members}
@@ -311,19 +351,23 @@ class PackedLoop:
             out.add("end")
         return out
 
-    def _record(self, members: list[Member], metrics, events: dict | None = None) -> None:
-        """Write each member's row; a member with non-finite metrics is finalized as diverged."""
+    def _record(self, members: list[Member], chunk, events: dict | None = None) -> None:
+        """Write each member's rows of one call; a member with non-finite metrics is finalized as
+        diverged (its later steps in that call are dropped with it)."""
+        starts, counts, metrics = chunk
         values = jax.device_get(metrics)
         diverged = []
         for j, m in enumerate(members):
             if m not in self.g.members:
                 continue
-            own = {k: v[j] for k, v in values.items()}
             i = self.g.members.index(m)
             wants_eval = bool(events and "eval" in events.get(m.name, ()))
             try:
-                step = m.step if events is not None else m.step - 1
-                m.rec.record(step, own, self.member_params(i) if wants_eval else None, evaluate_now=wants_eval)
+                for t in range(counts[j]):
+                    own = {k: v[j, t] for k, v in values.items()}
+                    last = t == counts[j] - 1
+                    m.rec.record(starts[j] + t + 1, own, self.member_params(i) if wants_eval and last else None,
+                                 evaluate_now=wants_eval and last)
             except Diverged as exc:
                 m.summary.update(status="diverged", diverged_at_step=exc.step, error={"message": str(exc)},
                                  last_checkpoint=max(m.ckpt.steps(), default=None))
@@ -363,8 +407,10 @@ def member_progress(m: Member) -> Progress:
     return Progress(m.run.plan.steps, enabled=on, log_file=m.run.run_dir / TRAIN_LOG, label=f"{m.name}: ").__enter__()
 
 
-def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | None = None) -> dict[str, dict]:
-    """Train `runs` (sharing one `group_key`) as one packed program; each run's summary by name.
+def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | None = None,
+                 steps_per_call: int | None = None) -> dict[str, dict]:
+    """Train `runs` (sharing one `group_key`) as one packed program, `steps_per_call` steps per jitted
+    call; each run's summary by name.
 
     With `member_mesh`, members are spread over its devices (see `Layout`). With a `guard` (the
     caller's), a preemption signal stops the group after saving, and the caller hands it over."""
@@ -375,7 +421,7 @@ def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | Non
     if not group.members:
         return group.results
     peak, _ = hardware.peak_flops(group.leader.cfg.train.precision)
-    loop = PackedLoop(group, peak, Layout(group.leader, member_mesh))
+    loop = PackedLoop(group, peak, Layout(group.leader, member_mesh), steps_per_call)
     for m in group.members:
         m.rec = Recorder(m.run, m.runlog, member_progress(m), m.eval_set, m.step, peak)
     states = group.finish_ended(states, peak)

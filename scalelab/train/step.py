@@ -131,7 +131,6 @@ class Steps:
     init_state: Any  # (seed) -> state, jitted with out_shardings
     train_step: Any  # (state, batch, hyper) -> (state, metrics), state donated
     eval_step: Any  # (params, batch) -> loss
-    members: int = 0  # 0: one run; M > 0: M runs stacked along a leading member axis
 
 
 def _grads_fn(fns: ModelFns, mesh, param_sh, batch_size: int, grad_accum: int, impl: str):
@@ -167,12 +166,11 @@ def stacked_sharding(sharding, members: int):
 
 @functools.lru_cache(maxsize=32)
 def build_steps(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_accum: int,
-                impl: str = "jit", members: int = 0) -> Steps:
+                impl: str = "jit") -> Steps:
     """The jitted steps of one shape (cached: runs of a sweep share them).
 
-    impl=jit lets GSPMD place the collectives; impl=shard_map writes them out. With `members` = M,
-    the train step is vmapped over M runs stacked along a leading axis of state, batch and hyper
-    (each member sharded over the mesh as a single run would be; the member axis replicated).
+    impl=jit lets GSPMD place the collectives; impl=shard_map writes them out. Packed groups use
+    `build_packed_chunk_step` or `build_member_parallel_step` instead of `train_step`.
     """
     rules = dict(rules_items)
     param_sh = meshlib.param_shardings(fns.logical_axes, fns.shapes, rules, mesh)
@@ -193,32 +191,58 @@ def build_steps(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_a
                                                    transform_non_params=lambda _: replicated)}
     step_fn = partial(one_step, _grads_fn(fns, mesh, param_sh, batch_size, grad_accum, impl),
                       lr_multipliers=fns.lr_multipliers)
-    if members:
-        if impl == "shard_map":
-            raise ConfigError("mesh.impl", "packed sweeps run with mesh.impl=jit")
-        step_fn = jax.vmap(step_fn)
-    stacked_state = jax.tree.map(lambda s: stacked_sharding(s, members), state_sh)
-    hyper_sh = stacked_sharding(replicated, members)
-    in_sh = (stacked_state, stacked_sharding(batch_sh, members), hyper_sh)
-    train_step = jax.jit(step_fn, in_shardings=in_sh, out_shardings=(stacked_state, hyper_sh), donate_argnums=0)
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, replicated), out_shardings=(state_sh, replicated),
+                         donate_argnums=0)
     eval_step = jax.jit(partial(next_token_loss, fns), in_shardings=(param_sh, batch_sh), out_shardings=replicated)
-    return Steps(fns=fns, mesh=mesh, state_shardings=state_sh, batch_sharding=batch_sh, hyper_sharding=hyper_sh,
+    return Steps(fns=fns, mesh=mesh, state_shardings=state_sh, batch_sharding=batch_sh, hyper_sharding=replicated,
                  init_state=jax.jit(init_state, out_shardings=state_sh), train_step=train_step,
-                 eval_step=eval_step, members=members)
+                 eval_step=eval_step)
+
+
+def steps_of_one_run(step_fn):
+    """K steps of one run in one call: (state, batches_KxBxT1, active_K, hyper) -> (state, metrics_K).
+
+    A `lax.scan` over K batches; a step whose `active` flag is off leaves the state as it was (its
+    metrics are computed and ignored), so a member can stop mid-call at an eval, a checkpoint or its
+    last step while its siblings go on. Every step runs the same loop body, so a run's numbers do not
+    depend on where the calls' boundaries fall."""
+    def chunk(state, batches_KxBxT1, active_K, hyper):
+        def body(carry, xs):
+            batch_BxT1, active = xs
+            new, metrics = step_fn(carry, batch_BxT1, hyper)
+            return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, carry), metrics
+        return jax.lax.scan(body, state, (batches_KxBxT1, active_K))
+    return chunk
+
+
+@functools.lru_cache(maxsize=32)
+def build_packed_chunk_step(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_accum: int,
+                            members: int):
+    """Packed members each sharded over `mesh` as a single run would be (the member axis replicated),
+    K steps per call: (state_M, batches_MxKxBxT1, active_MxK, hyper_M) -> (state_M, metrics_MxK)."""
+    steps = build_steps(fns, mesh, rules_items, batch_size, grad_accum, "jit")
+    step_fn = partial(one_step, _grads_fn(fns, mesh, steps.state_shardings["params"], batch_size, grad_accum, "jit"),
+                      lr_multipliers=fns.lr_multipliers)
+    stacked_state = jax.tree.map(lambda s: stacked_sharding(s, members), steps.state_shardings)
+    batches = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, *steps.batch_sharding.spec))
+    per_member = stacked_sharding(steps.hyper_sharding, members)
+    return jax.jit(jax.vmap(steps_of_one_run(step_fn)), in_shardings=(stacked_state, batches, per_member, per_member),
+                   out_shardings=(stacked_state, per_member), donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=32)
 def build_member_parallel_step(fns: ModelFns, member_mesh, grad_accum: int):
     """The train step of runs stacked along a leading member axis that is split over every device
-    of `member_mesh` (axis `data`): each device trains its own members, with no collective at all.
+    of `member_mesh` (axis `data`): each device trains its own members, with no collective at all,
+    K steps per call (the signature of `steps_of_one_run`, with a leading member axis).
 
     This is the fastest layout for models small enough that one device holds a whole run (each
     core of a CPU, each GPU of a host); the member count must divide over the devices.
     """
-    step_fn = jax.vmap(partial(one_step, partial(loss_and_grads, fns, grad_accum=grad_accum),
-                               lr_multipliers=fns.lr_multipliers))
+    step_fn = partial(one_step, partial(loss_and_grads, fns, grad_accum=grad_accum),
+                      lr_multipliers=fns.lr_multipliers)
     spread = jax.sharding.NamedSharding(member_mesh, jax.sharding.PartitionSpec("data"))
-    return jax.jit(step_fn, in_shardings=(spread, spread, spread), out_shardings=(spread, spread),
+    return jax.jit(jax.vmap(steps_of_one_run(step_fn)), in_shardings=(spread,) * 4, out_shardings=(spread, spread),
                    donate_argnums=0)
 
 

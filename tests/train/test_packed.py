@@ -141,3 +141,19 @@ def test_a_foreign_run_dir_is_left_untouched_and_a_member_at_its_last_step_is_fi
     assert again["status"] == "completed" and again["final_eval_loss"] == pytest.approx(summary["final_eval_loss"])
     np.testing.assert_array_equal(train_losses(ended), losses)
     assert read_summary(tmp_path / "fresh")["status"] == "completed"
+
+
+def test_steps_per_call_leaves_every_logged_number_unchanged(tmp_path):
+    """K steps per jitted call: members of lengths that are not multiples of K, one evaluating
+    mid-call, log the same rows (bit for bit) as with one step per call, and end on their own step."""
+    def sweep(root, k):
+        jobs = [Job(cfg=compose_config(TINY + [f"data.tokens={t}", *extra]), run_dir=root / f"t{t}")
+                for t, extra in ((1280, ()), (2816, ("train.eval_every=3",)), (4096, ()))]
+        assert all(j.error is None for j in run_jobs(jobs, steps_per_call=k))
+        return [read_metrics(j.run_dir) for j in jobs]
+
+    one, chunked = sweep(tmp_path / "k1", 1), sweep(tmp_path / "k4", 4)
+    assert [[r["step"] for r in rows] for rows in chunked] == [list(range(1, n + 1)) for n in (5, 11, 16)]
+    assert [r["step"] for r in chunked[1] if "eval_loss" in r] == [3, 6, 9, 11]
+    for a, b in zip(one, chunked, strict=True):
+        assert [(r["train_loss"], r.get("eval_loss")) for r in a] == [(r["train_loss"], r.get("eval_loss")) for r in b]
