@@ -60,6 +60,10 @@ class JobsFailed(HydraException):
     """Some launched jobs failed (their run directories hold the details)."""
 
 
+class SweepPreempted(HydraException):
+    """A preemption signal stopped the sweep after its running jobs saved (a relaunch resumes)."""
+
+
 EXIT_PLAN_ERROR = 2
 EXIT_JOBS_FAILED = 1
 
@@ -229,7 +233,9 @@ class IsoFlopSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         """Plan, print, launch; a plan error or failed jobs end the process with a short message.
 
-        Exit codes: 2 when the plan cannot be launched (nothing was), 1 when some job failed."""
+        Exit codes: 2 when the plan cannot be launched (nothing was), 1 when some job failed, and
+        the trainer's preempted code (3) when a preemption signal stopped the sweep: its running
+        jobs saved, the rest were not started, and the same command resumes them all."""
         try:
             return self._sweep(arguments)
         except PlanError as exc:
@@ -238,6 +244,11 @@ class IsoFlopSweeper(Sweeper):
         except JobsFailed as exc:
             print(f"isoflop sweeper: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_JOBS_FAILED) from None
+        except SweepPreempted as exc:
+            from scalelab.train.preemption import EXIT_PREEMPTED
+
+            print(f"isoflop sweeper: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_PREEMPTED) from None
 
     def _sweep(self, arguments: list[str]) -> Any:
         from hydra.core.utils import JobStatus
@@ -282,7 +293,7 @@ class IsoFlopSweeper(Sweeper):
             # jobs run in this process: one per launch, so a job that calls sys.exit (the trainer
             # does on a config error or divergence) fails alone instead of ending the sweep
             size = 1
-        returns, failures, idx = [], [], 0
+        returns, failures, failed, idx = [], [], 0, 0
         for start in range(0, len(todo), size):
             batch = todo[start:start + size]
             try:
@@ -290,8 +301,13 @@ class IsoFlopSweeper(Sweeper):
             except (Exception, SystemExit) as exc:
                 if isinstance(exc, SystemExit) and not exc.code:
                     continue
+                if _preempted(exc):
+                    raise SweepPreempted(
+                        f"preempted: the running jobs saved their checkpoints and the jobs not started yet were "
+                        f"left as they are; run the same command to resume (`scalelab status {sweep_dir}`)") from None
                 # submitit re-raises a job that died (or exited) here; the batch's other jobs still ran
                 what = " ".join(batch[0]) if len(batch) == 1 else f"jobs #{idx}-#{idx + len(batch) - 1}"
+                failed += len(batch)
                 if isinstance(exc, SystemExit):
                     failures.append(f"{what}: exited with code {exc.code}")
                 else:
@@ -303,9 +319,17 @@ class IsoFlopSweeper(Sweeper):
             returns.append(results)
             for r in results:
                 if r.status != JobStatus.COMPLETED:
+                    failed += 1
                     failures.append(f"{' '.join(r.overrides or [])}: {r._return_value!r}")
         if failures:
-            raise JobsFailed(f"{len(failures)} of {len(todo)} IsoFLOP job(s) failed "
-                                 f"(see their summary.json / `scalelab status {sweep_dir}`):\n  "
-                                 + "\n  ".join(failures))
+            raise JobsFailed(f"{'up to ' if failed > len(failures) else ''}{failed} of {len(todo)} IsoFLOP job(s) "
+                             f"failed (see their summary.json / `scalelab status {sweep_dir}`):\n  "
+                             + "\n  ".join(failures))
         return returns
+
+
+def _preempted(exc: BaseException) -> bool:
+    """A launch ended by a preemption signal (the trainer's or the packed launcher's exit code)."""
+    from scalelab.train.preemption import EXIT_PREEMPTED
+
+    return isinstance(exc, SystemExit) and exc.code == EXIT_PREEMPTED
