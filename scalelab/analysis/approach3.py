@@ -53,7 +53,12 @@ def start_grid(n_starts: int | None = None, seed: int = 0) -> np.ndarray:
     The full grid has 4500 points; fewer are a random subset of it, more add
     uniform random points in the grid's box.
     """
-    grid = np.array(list(itertools.product(GRID_A, GRID_B, GRID_E, GRID_EXPONENT, GRID_EXPONENT)))
+    return grid_starts((GRID_A, GRID_B, GRID_E, GRID_EXPONENT, GRID_EXPONENT), n_starts, seed)
+
+
+def grid_starts(grids, n_starts: int | None = None, seed: int = 0) -> np.ndarray:
+    """The product of one grid per parameter; a random subset of it, or it plus uniform points in its box."""
+    grid = np.array(list(itertools.product(*grids)), dtype=float).reshape(-1, len(grids))
     if n_starts is None or n_starts == len(grid):
         return grid
     if n_starts < 1:
@@ -113,9 +118,10 @@ class HuberLogObjective:
         return logsumexp(np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)]), axis=0)
 
 
-def polish(objective: HuberLogObjective, start) -> tuple[np.ndarray, float, bool, str]:
-    """scipy L-BFGS-B from ``start`` with tight tolerances. Returns (x, f, converged, message)."""
-    res = minimize(objective.scalar, np.asarray(start, dtype=float), jac=True, method="L-BFGS-B",
+def polish(objective: HuberLogObjective, start, bounds=None) -> tuple[np.ndarray, float, bool, str]:
+    """scipy L-BFGS-B from ``start`` with tight tolerances (within ``bounds``, a (low, high) pair per
+    parameter, when given). Returns (x, f, converged, message)."""
+    res = minimize(objective.scalar, np.asarray(start, dtype=float), jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": 20000, "maxfun": 40000, "ftol": 1e-14, "gtol": 1e-10,
                             "maxcor": 20})
     message = str(res.message)
@@ -154,14 +160,14 @@ def _candidates(batch, n_polish: int) -> list:
     return candidates
 
 
-def best_fit(objective: HuberLogObjective, initial, n_polish: int, max_iter: int):
+def best_fit(objective: HuberLogObjective, initial, n_polish: int, max_iter: int, bounds=None):
     """(theta, objective, converged, message, batch) of the best start after polishing."""
     batch = minimize_batch(objective, initial, max_iter=max_iter, ftol=1e-13)
     if not np.isfinite(batch.f).any():
         return None, np.inf, False, "the objective was not finite at any start", batch
     best = None
     for point in _candidates(batch, n_polish):
-        x, f, ok, message = polish(objective, point)
+        x, f, ok, message = polish(objective, point, bounds)
         if best is None or (ok and not best[2]) or (ok == best[2] and f < best[1]):
             best = (x, f, ok, message)
     return (*best, batch)
@@ -230,16 +236,17 @@ HUBER_EFFICIENCY = 1.345   # Huber's constant: 95% of least squares' efficiency 
 AUTO_DELTA_RANGE = (DEFAULT_DELTA, 0.1)
 
 
-def auto_delta(table, **options) -> tuple[float, dict]:
+def auto_delta(table, fitter=None, **options) -> tuple[float, dict]:
     """Huber's delta from the data: 1.345 sigma, sigma = 1.4826 * MAD of the log residuals of a first
     fit at the published delta (1e-3). With run-to-run noise of a few percent (small models, one
     seed), 1e-3 is a fraction of sigma and makes the fit an L1 regression that throws away most
     of the data's precision; 1.345 sigma keeps the robustness to outliers at little cost.
+    ``fitter`` (default ``fit_approach3``) makes the first fit: a law form's own fitter.
     Returns (delta, how it was chosen)."""
-    first = fit_approach3(table, delta=DEFAULT_DELTA, **options)
+    first = (fitter or fit_approach3)(table, delta=DEFAULT_DELTA, **options)
     if not first.converged:
         return DEFAULT_DELTA, {"rule": "auto: the first fit did not converge; the published 1e-3 is used"}
-    residual = np.log(first.predict_loss(table["params"], table["tokens"], table["flops"])) - np.log(table["loss"])
+    residual = np.log(first.predict_table(table)) - np.log(table["loss"])
     sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
     delta = float(np.clip(HUBER_EFFICIENCY * sigma, *AUTO_DELTA_RANGE))
     return delta, {"rule": f"auto: {HUBER_EFFICIENCY} x sigma of the log residuals (1.4826 x MAD) of a first "

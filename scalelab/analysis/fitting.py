@@ -20,6 +20,9 @@ from .budgets import DEFAULT_TOLERANCE, assign_budgets, default_budgets, parse_b
 from .errors import AnalysisError, AnalysisWarning
 from .flops_model import flops_per_token_model
 from .kaplan import fit_kaplan
+from .law_fit import bootstrap_law, fit_law
+from .law_forms import BUILTIN, parse_fix, resolve_law, with_fixed
+from .predict import log_residuals, mark_intervals
 from .result import FitResult
 from .table import load_table, split_curves
 from .threads import blas_single_threaded
@@ -27,7 +30,7 @@ from .verdict import mark
 
 FITTERS = {"kaplan": fit_kaplan, "1": fit_approach1, "2": fit_approach2, "3": fit_approach3}
 OPTIONS = {
-    "3": {"n_starts", "starts", "delta", "k", "n_polish", "best_rtol", "max_iter", "bootstrap_starts"},
+    "3": {"n_starts", "starts", "delta", "k", "n_polish", "best_rtol", "max_iter", "bootstrap_starts", "law", "fix"},
     "2": {"tolerance", "window"},
     "1": {"n_grid", "loss_column", "smooth"},
     "kaplan": set(),
@@ -88,7 +91,9 @@ def split_largest_budget(table: pd.DataFrame, tolerance: float = DEFAULT_TOLERAN
 def _fit_once(approach, table, curves, seed, options) -> FitResult:
     fitter = FITTERS[approach]
     kwargs = {k: v for k, v in options.items() if k in OPTIONS[approach] | INTERNAL.get(approach, set())
-              and k != "bootstrap_starts"}
+              and k not in ("bootstrap_starts", "law", "fix")}
+    if approach == "3" and "law" in options:
+        return fit_law(table, options["law"], fixed=options.get("fix"), seed=seed, **kwargs)
     if approach == "1":
         kwargs["curves"] = curves
     if approach == "3":
@@ -112,7 +117,7 @@ def holdout_rows(result: FitResult, held: pd.DataFrame) -> list[dict]:
     Approach 3 predicts the run itself, L(N, D); the others predict the
     compute-optimal loss L(C) at its C (``frontier_predicted`` for approach 3).
     """
-    predicted = np.atleast_1d(result.predict_loss(held["params"], held["tokens"], held["flops"]))
+    predicted = np.atleast_1d(result.predict_table(held))
     frontier = np.atleast_1d(result.loss_opt(held["flops"].to_numpy(dtype=float)))
     rows = []
     for (_, run), pred, front in zip(held.iterrows(), predicted, frontier, strict=True):
@@ -169,15 +174,21 @@ def _resampler(approach, table, options):
 
 
 def _bootstrap(result, approach, table, curves, resamples, seed, options) -> None:
-    fit_once = _fit_function(approach, result, curves, seed, options)
-    resampler, method = _resampler(approach, table, options)
-    fits, info = run_bootstrap(fit_once, table, resamples, seed, resampler, method)
-    jackknife = run_jackknife(fit_once, table, seed) if fits else []
-    if approach == "3":
+    if "law" in options:   # law forms refit every resample in one batch
+        fits, jackknife, info = bootstrap_law(result, options["law"], table, resamples, seed,
+                                              dict(options, seed=seed))
+    else:
+        fit_once = _fit_function(approach, result, curves, seed, options)
+        resampler, method = _resampler(approach, table, options)
+        fits, info = run_bootstrap(fit_once, table, resamples, seed, resampler, method)
+        jackknife = run_jackknife(fit_once, table, seed) if fits else []
+    if approach == "3" and "law" not in options:
         extra = options.get("bootstrap_starts", DEFAULT_BOOTSTRAP_STARTS)
         info["starts_per_resample"] = f"the full-data best plus {extra} grid starts"
     info["jackknife_fits"] = len(jackknife)
     result.samples = [f.summary() for f in fits]
+    if approach == "3":   # what `analyze predict` evaluates the law with
+        info["param_samples"] = [f.params for f in fits]
     result.ci, methods = intervals(result.samples, result.summary(), [j.summary() for j in jackknife])
     info["interval_method"] = _method_summary(methods)
     result.bootstrap = info
@@ -224,7 +235,11 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
     decade grid). holdout_top: fit without the K largest-compute runs and predict them;
     holdout_budget: fit without the largest budget and predict its best run.
     Options: approach 3: n_starts, starts, delta, k, n_polish, best_rtol, max_iter,
-    bootstrap_starts; approach 2: tolerance, window; approach 1: n_grid, loss_column, smooth.
+    bootstrap_starts, law (a built-in name of ``law_forms.BUILTIN``, a law file or a LawForm;
+    default chinchilla, approach 3's own fitter), fix ({name: value} or "NAME=VALUE,..." pinned);
+    approach 2: tolerance, window; approach 1: n_grid, loss_column, smooth.
+    Approach-3 fits store ``details["log_residuals"]``, and with a bootstrap the resamples'
+    parameters (``bootstrap["param_samples"]``) and, for held-out runs, their intervals (``predict``).
     Raises AnalysisError for bad or insufficient input; a fit that does not converge
     returns converged=False with the reason in ``message``. ``status`` says whether
     the fit is determined (``reason`` says why not).
@@ -236,13 +251,13 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
     table, curves = split_curves(load_table(table), curves)
     budgets = parse_budgets(budgets) or default_budgets(table)
     train, held, held_info = _split(table, holdout_top, holdout_budget, options)
-    options = _shared_c(approach, table, options)
+    options = _shared_c(approach, table, _resolve_law(approach, options))
     options, delta_rule = _resolve_delta(approach, train, options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = _fit_train(approach, train, curves, seed, options, held)
         if result.converged:
-            result.allocation = allocation_rows(result, budgets)
+            result.allocation = allocation_rows(result, budgets) if result.allocates else []
             if len(held):
                 result.holdout = holdout_rows(result, held)
                 result.details["holdout"] = held_info
@@ -250,8 +265,12 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
                     result.details["holdout_note"] = (
                         "predictions use the compute-optimal frontier L(C): a held-out run that is not "
                         "compute-optimal is expected to lie above it")
+            if approach == "3":
+                result.details["log_residuals"] = log_residuals(result, train)
             if bootstrap:
                 _bootstrap(result, approach, train, curves, int(bootstrap), seed, options)
+                if len(held) and approach == "3":
+                    mark_intervals(result, held)
     if delta_rule and result.details is not None:
         result.details["huber_delta_rule"] = delta_rule
     mark(result)
@@ -267,8 +286,25 @@ def _resolve_delta(approach: str, train: pd.DataFrame, options: dict) -> tuple[d
     if approach != "3" or options.get("delta") != "auto":
         return options, None
     first = {k: v for k, v in options.items() if k in ("n_starts", "fpt", "flops_range", "k")}
-    delta, rule = auto_delta(train, **first)
+    fitter = None
+    if "law" in options:
+        def fitter(table, **opts):
+            return fit_law(table, options["law"], fixed=options.get("fix"), **opts)
+    delta, rule = auto_delta(train, fitter, **first)
     return dict(options, delta=delta), rule
+
+
+def _resolve_law(approach: str, options: dict) -> dict:
+    """``law`` (a name, a file or a LawForm) and ``fix`` (NAME=VALUE items or a dict) as a form and a
+    dict; the plain Chinchilla law with nothing pinned stays on approach 3's own fitter."""
+    if approach != "3" or (options.get("law") is None and not options.get("fix")):
+        return {k: v for k, v in options.items() if k not in ("law", "fix")}
+    form = resolve_law(options.get("law") or "chinchilla")
+    fix = options.get("fix") or {}
+    fixed = with_fixed(form, fix if isinstance(fix, dict) else parse_fix([fix] if isinstance(fix, str) else fix))
+    if form is BUILTIN["chinchilla"] and not fixed:
+        return {k: v for k, v in options.items() if k not in ("law", "fix")}
+    return dict(options, law=form, fix=fixed)
 
 
 def _shared_c(approach: str, table: pd.DataFrame, options: dict) -> dict:

@@ -97,11 +97,13 @@ def fit_text(result: FitResult) -> str:
         return "\n".join(lines)
     if result.status and result.status != "determined":
         lines.append(f"  NOT DETERMINED: {result.reason} (the numbers below are diagnostics, not results)")
+    pinned = (result.details or {}).get("fixed", {})
     for name, value in result.params.items():
-        shown = (exponent_ci if is_exponent(name) else with_ci)(value, result.ci.get(name))
-        lines.append(f"  {name:<8} = {shown}")
-    lines.append(f"  compute-optimal: N_opt ~ C^{exponent_ci(result.a, result.ci.get('a'))}, "
-                 f"D_opt ~ C^{exponent_ci(result.b, result.ci.get('b'))}")
+        shown = (exponent_ci if is_exponent(name) else with_ci)(value, None if name in pinned else result.ci.get(name))
+        lines.append(f"  {name:<8} = {shown}" + (" (fixed)" if name in pinned else ""))
+    if result.allocates:
+        lines.append(f"  compute-optimal: N_opt ~ C^{exponent_ci(result.a, result.ci.get('a'))}, "
+                     f"D_opt ~ C^{exponent_ci(result.b, result.ci.get('b'))}")
     if result.frontier:
         f = result.frontier
         lines.append(f"  frontier: L(C) = {num(f['E'])} + {num(f['A'])} * C^-{fixed(f['gamma'])}")
@@ -118,8 +120,13 @@ def fit_text(result: FitResult) -> str:
     if result.holdout:
         lines.append("  held-out runs (largest compute): actual -> predicted (relative error)")
         for row in result.holdout:
+            inside = ""
+            if "prediction_interval" in row:
+                low, high = row["prediction_interval"]
+                inside = (f", 95% prediction interval [{low:.4f}, {high:.4f}]: "
+                          f"{'inside' if row['inside_prediction_interval'] else 'OUTSIDE'}")
             lines.append(f"    N={num(row['params'])} D={num(row['tokens'])} C={num(row['flops'])}: "
-                         f"{row['loss']:.4f} -> {row['predicted']:.4f} ({100 * row['rel_error']:+.2f}%)")
+                         f"{row['loss']:.4f} -> {row['predicted']:.4f} ({100 * row['rel_error']:+.2f}%){inside}")
     if result.bootstrap:
         b = result.bootstrap
         lines.append(f"  bootstrap: {b['succeeded']} of {b['requested']} resamples fitted ({b['failed']} failed); "

@@ -74,7 +74,15 @@ class FitResult:
 
     @property
     def title(self) -> str:
+        law = (self.details or {}).get("law")
+        if self.approach == "3" and law:
+            return f"parametric fit of law {law['name']!r}: L = {law['expression']}"
         return APPROACH_NAMES.get(self.approach, self.approach)
+
+    @property
+    def allocates(self) -> bool:
+        """False for a law form with no compute-optimal allocation (Kaplan's L(N, D), an envelope L(C))."""
+        return bool((self.details or {}).get("law", {}).get("allocates", True))
 
     @property
     def determined(self) -> bool:
@@ -102,12 +110,23 @@ class FitResult:
 
     def predict_loss(self, params, tokens, flops):
         """Predicted loss of runs: L(N, D) for approach 3, the L(C) frontier otherwise."""
+        if self.approach == "3" and self.details.get("law"):
+            return self.predict_table({"params": params, "tokens": tokens, "flops": flops})
         if self.approach == "3":
             p = self.params
             n = np.asarray(params, dtype=float)
             d = np.asarray(tokens, dtype=float)
             return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
         return self.loss_opt(flops)
+
+    def predict_table(self, table):
+        """Predicted loss of each row of a table (or mapping of columns) with every column the law needs."""
+        law = self.details.get("law") if self.approach == "3" else None
+        if law:
+            # imported here: law_forms imports modules that import this one
+            from .law_forms import law_from_dict
+            return law_from_dict(law).predict(self.params, table)
+        return self.predict_loss(table["params"], table["tokens"], table["flops"])
 
     def summary(self) -> dict:
         """The scalar numbers (for bootstrap samples and comparisons)."""

@@ -205,3 +205,18 @@ def write_sweep(root, runs: pd.DataFrame, curves: pd.DataFrame | None = None,
                 metrics.append(record)
         write_run_dir(root / group / f"{model}_{i:03d}", summary, metrics)
     return root
+
+
+def law_runs(law, values: dict, runs: pd.DataFrame, noise: float = 0.01, seed: int = 0) -> pd.DataFrame:
+    """``runs`` (params, tokens, flops and whatever else the law needs) with the loss of a law form
+    (a built-in name, a law file or a LawForm) at ``values``, times log-normal noise."""
+    from .law_forms import resolve_law
+    out = runs.reset_index(drop=True).copy()
+    out["loss"] = _noisy(resolve_law(law).predict(values, out), noise, np.random.default_rng(seed))
+    return out
+
+
+def design_runs(params, tokens, k: float = 6.0, **columns) -> pd.DataFrame:
+    """Every (N, D) pair of the two grids with C = k*N*D, plus constant or per-row ``columns``."""
+    n, d = (m.ravel() for m in np.meshgrid(np.asarray(params, float), np.asarray(tokens, float)))
+    return pd.DataFrame({"params": n, "tokens": d, "flops": k * n * d, **columns})

@@ -40,10 +40,14 @@ def _finite(*values) -> bool:
 def _degenerate(result: FitResult) -> list[str]:
     reasons = []
     low, high = ALLOCATION_RANGE
-    for key in ("a", "b"):
+    for key in ("a", "b") if result.allocates else ():
         value = getattr(result, key)
         if not (_finite(value) and low <= value <= high):
             reasons.append(f"{key} = {value:.3g} is outside the plausible range [{low}, {high}]")
+    if result.approach == "3" and not result.allocates:   # a law form without the Chinchilla terms
+        return reasons + [f"{key} = {result.params[key]:.3g} is outside the plausible range (0, 3)"
+                          for key in ("alpha",) if key in result.params
+                          and not (_finite(result.params[key]) and 0 < result.params[key] < 3)]
     if result.approach == "3":
         p, d = result.params, result.details
         for key in ("alpha", "beta"):
@@ -70,7 +74,8 @@ def _unstable(result: FitResult) -> list[str]:
     if b["succeeded"] < MIN_FITTED_FRACTION * b["requested"]:
         reasons.append(f"only {b['succeeded']} of {b['requested']} bootstrap resamples fitted "
                        f"(needs {MIN_FITTED_FRACTION:.0%})")
-    keys = ("a", "b") + (("alpha", "beta") if result.approach == "3" else ())
+    keys = (("a", "b") if result.allocates else ()) + tuple(
+        k for k in ("alpha", "beta") if result.approach == "3" and k in result.params)
     for key in keys:
         value = result.params.get(key, getattr(result, key, None))
         low, high = result.ci.get(key, (None, None))

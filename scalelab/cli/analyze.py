@@ -1,4 +1,4 @@
-"""Command line: ``scalelab analyze collect|fit|compare|report|lr-law``.
+"""Command line: ``scalelab analyze collect|fit|predict|suggest|compare|report|lr-law``.
 
 ``add_subparsers(subparsers)`` registers the subcommands on an argparse
 subparsers object (the ``scalelab analyze`` command passes its own); each sets
@@ -66,9 +66,10 @@ def _delta(text: str):
 
 
 def add_subparsers(subparsers) -> None:
-    """Register collect, fit, compare, report and lr-law on ``subparsers``."""
+    """Register collect, fit, predict, suggest, compare, report and lr-law on ``subparsers``."""
     _add_collect(subparsers)
     _add_fit_and_compare(subparsers)
+    _add_suggest(subparsers)
     _add_report(subparsers)
     _add_lr_law(subparsers)
 
@@ -103,9 +104,32 @@ def _add_fit_and_compare(subparsers) -> None:
                    help="fit without the K largest-compute runs and report their predicted vs actual loss")
     p.add_argument("--holdout-budget", action="store_true",
                    help="fit without the largest budget and report the predicted vs actual loss of its best run")
+    p.add_argument("--law", default=None, metavar="NAME|FILE",
+                   help="the law form (approach 3): chinchilla (default) E + A/N^alpha + B/D^beta; tied (one "
+                        "exponent, in N and tokens per parameter M); kaplan [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D; "
+                        "data-constrained (effective data after repeated epochs; needs a column unique_tokens or "
+                        "epochs); envelope Linf + A*C^-alpha; or a law file (.yaml: expression, parameters with "
+                        "scale, bounds and grid)")
+    p.add_argument("--fix", action="append", default=None, metavar="NAME=VALUE",
+                   help="pin a parameter of the law (repeatable or comma-separated, e.g. --fix E=1.6)")
     _add_best_only(p)
-    common.add_json(p, "the fit")
+    common.add_json(p, "the fit (with the bootstrap parameter samples `analyze predict` uses)")
     p.set_defaults(func=run_fit)
+
+    p = subparsers.add_parser("predict", help="predicted loss of a fitted law, with bootstrap intervals",
+                              description="Evaluate a fit (the JSON of `fit --json`, approach 3 or any --law) "
+                                          "at new points. interval: 95% percentile interval of the law's mean from "
+                                          "the fit's bootstrap parameter samples; prediction_interval: the same "
+                                          "widened by the fitted runs' log-residual scatter (one new run). Without "
+                                          "bootstrap samples only the point prediction is given.")
+    p.add_argument("fit", metavar="FIT_JSON", help="the fit, as written by `scalelab analyze fit --json PATH`")
+    p.add_argument("--at", action="append", default=None, metavar="COL=V,COL=V",
+                   help="one point (repeatable): its columns, e.g. params=1e9,tokens=2e10 (N, D, C stand for "
+                        "params, tokens, flops; the data-constrained law also needs unique_tokens or epochs)")
+    p.add_argument("--points", default=None, metavar="TABLE",
+                   help="a table (.csv/.parquet) of points, one row each")
+    common.add_json(p, "the predictions")
+    p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser("compare", help="compare two sweeps fitted the same way",
                               description="Fit A and B with the same method; report B - A exponent differences "
@@ -115,6 +139,44 @@ def _add_fit_and_compare(subparsers) -> None:
     _add_fit_options(p, default_bootstrap=0)
     common.add_json(p, "the comparison")
     p.set_defaults(func=run_compare)
+
+
+def _add_suggest(subparsers) -> None:
+    p = subparsers.add_parser(
+        "suggest", help="the next runs worth buying: candidates ranked by interval shrinkage at a target per FLOP",
+        description="Fit the law, then rank candidate runs (sizes x tokens per parameter) by how much each shrinks "
+                    "the 95% interval of the law's prediction at --target per FLOP, and pick a set within this "
+                    "round's budget (--budget / --rounds) greedily by shrinkage per FLOP (also started from each "
+                    "of the 16 best single runs, keeping the narrowest end). The shrinkage is an "
+                    "estimate, not a refit: the Fisher information (Gauss-Newton J^T J of the log residuals at the "
+                    "fitted parameters, with the fit's residual variance and its Huber factor) and the delta method "
+                    "(the target's variance g^T (J^T J)^-1 g, g the gradient of log L there). A candidate's FLOPs are "
+                    "f(N)*D with f the table's own flops/tokens as a function of N (the ledger count its runs "
+                    "recorded, interpolated in log N).")
+    p.add_argument("table", metavar="TABLE", help="runs table (.csv/.parquet) or a sweep directory")
+    p.add_argument("--law", default=None, metavar="NAME|FILE", help="the law form, as for `fit --law` (default chinchilla)")
+    p.add_argument("--fix", action="append", default=None, metavar="NAME=VALUE", help="pin a parameter, as for `fit`")
+    p.add_argument("--target", required=True, metavar="COL=V,COL=V",
+                   help="where the prediction matters, e.g. params=1e9,tokens=2e10 (every variable the law needs)")
+    p.add_argument("--budget", type=float, required=True, metavar="FLOPS", help="FLOPs to spend, over all rounds")
+    p.add_argument("--rounds", type=int, default=1, metavar="R",
+                   help="rounds the budget is spread over: this call picks within --budget / R; run them, collect, "
+                        "and ask again (default 1)")
+    p.add_argument("--candidates", default=None, metavar="SIZES",
+                   help="model sizes: names of the ladder (p15k,p50k,...) or of --config-dir, or parameter counts "
+                        "(1e6,3e6); default: the table's own sizes")
+    p.add_argument("--config-dir", default=None, metavar="DIR", help="where --candidates names are looked up first "
+                   "(DIR/model/NAME.yaml), before the package's ladder")
+    p.add_argument("--tokens-per-param", default="1,3,10,30,100,300,1000", metavar="R1,R2,...",
+                   help="D/N of each candidate size (default 1,3,10,30,100,300,1000); D is rounded to 3 digits")
+    p.add_argument("--top", type=_positive_int, default=10, metavar="K", help="ranked candidates to print (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="the fit's seed (default 0)")
+    p.add_argument("--n-starts", type=int, default=None, metavar="S", help="fit initialisations (default: the grid)")
+    p.add_argument("--huber-delta", type=_delta, default=None, metavar="DELTA", help="as for `fit`")
+    common.add_out(p, "the chosen runs: one sweep override line per run (model=NAME data.tokens=T) when sized by "
+                   "name, else CSV rows params,tokens,flops", metavar="FILE", required=False)
+    common.add_json(p, "the ranking and the chosen runs")
+    p.set_defaults(func=run_suggest)
 
 
 def _add_report(subparsers) -> None:
@@ -194,6 +256,11 @@ def _guarded(handler):
 
 def _fit_options(args) -> dict:
     options = {}
+    if getattr(args, "law", None) is not None or getattr(args, "fix", None):
+        from scalelab.analysis.errors import AnalysisError
+        if args.approach != "3":
+            raise AnalysisError(f"--law and --fix are for approach 3 (a parametric law), not approach {args.approach}")
+        options.update(law=args.law, fix=args.fix)
     if args.approach == "3":
         if args.n_starts is not None:
             options["n_starts"] = args.n_starts
@@ -246,6 +313,114 @@ def run_fit(args) -> int:
     if not common.to_stdout(args.json):
         print(fit_text(result))
     return EXIT_OK
+
+
+def _pairs(item: str, option: str) -> dict:
+    """{column: value} from 'params=1e9,tokens=2e10' (N, D, C stand for params, tokens, flops)."""
+    from scalelab.analysis.errors import AnalysisError
+    from scalelab.analysis.law_forms import ALIASES
+    row = {}
+    for part in item.split(","):
+        key, sep, value = part.partition("=")
+        try:
+            row[ALIASES.get(key.strip(), key.strip())] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise AnalysisError(f"{option} expects COLUMN=VALUE pairs (e.g. params=1e9,tokens=2e10), got {part!r}")
+    return row
+
+
+def _points(args):
+    import pandas as pd
+
+    from scalelab.analysis.errors import AnalysisError
+    from scalelab.analysis.law_forms import ALIASES
+    rows = [_pairs(item, "--at") for item in args.at or ()]
+    frames = [pd.DataFrame(rows)] if rows else []
+    if args.points:
+        from pathlib import Path
+
+        from scalelab.analysis.table import _read
+        frames.append(_read(Path(args.points)).rename(columns=ALIASES))
+    if not frames:
+        raise AnalysisError("give the points to predict: --at params=...,tokens=... (repeatable) or --points TABLE")
+    return pd.concat(frames, ignore_index=True)
+
+
+@_guarded
+def run_predict(args) -> int:
+    import json
+    from pathlib import Path
+
+    from scalelab.analysis.errors import AnalysisError
+    from scalelab.analysis.predict import intervals_at, prediction_note
+    from scalelab.analysis.result import json_safe
+    try:
+        fit = json.loads(Path(args.fit).read_text())
+    except (OSError, ValueError) as exc:
+        raise AnalysisError(f"cannot read the fit {args.fit!r}: {exc}") from None
+    rows = intervals_at(fit, _points(args))
+    note = prediction_note(fit)
+    common.write_json(json_safe({"predictions": rows, "note": note, "law": (fit.get("details") or {}).get("law")}),
+                      args.json)
+    if not common.to_stdout(args.json):
+        for row in rows:
+            where = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "predicted")
+            shown = f"{row['predicted']:.4f}"
+            for key in ("interval", "prediction_interval"):
+                if key in row:
+                    shown += f"  {key} [{row[key][0]:.4f}, {row[key][1]:.4f}]"
+            print(f"{where}: {shown}")
+        print(note)
+    return EXIT_OK
+
+
+@_guarded
+def run_suggest(args) -> int:
+    from pathlib import Path
+
+    from scalelab.analysis.candidates import overrides_text
+    from scalelab.analysis.errors import AnalysisError
+    from scalelab.analysis.inputs import load_inputs
+    from scalelab.analysis.result import json_safe
+    from scalelab.analysis.suggest import suggest
+    try:
+        ratios = [float(v) for v in args.tokens_per_param.split(",") if v.strip()]
+    except ValueError:
+        raise AnalysisError(f"--tokens-per-param expects numbers, got {args.tokens_per_param!r}") from None
+    table, _ = load_inputs(args.table)
+    options = {k: v for k, v in (("n_starts", args.n_starts), ("delta", args.huber_delta)) if v is not None}
+    result = suggest(table, _pairs(args.target, "--target"), args.budget, law=args.law, fix=args.fix,
+                     sizes=args.candidates, tokens_per_param=ratios, rounds=args.rounds, config_dir=args.config_dir,
+                     seed=args.seed, **options)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(overrides_text(result.chosen))
+    common.write_json(json_safe(result.to_dict()), args.json)
+    if not common.to_stdout(args.json):
+        _print_suggestion(result, args.top)
+        if args.out:
+            print(f"wrote {len(result.chosen)} run(s) to {args.out}")
+    return EXIT_OK
+
+
+def _print_suggestion(result, top: int) -> None:
+    where = " ".join(f"{k}={v:.4g}" for k, v in result.target.items())
+    print(f"target {where}: predicted {result.predicted:.4f}, 95% interval width {result.width_now:.4g} now")
+    print(f"this round: {result.budget:.3g} FLOPs ({result.rounds} round(s)); {result.flops_note}")
+    head = f"{'':>3} {'candidate':<24}{'FLOPs':>10}{'width after':>13}{'shrink/FLOP':>13}"
+    print(f"\nchosen, in the order taken (width after: with every run above it):\n{head}")
+    for i, row in enumerate(result.chosen_rows, 1):
+        print(f"{i:>3} {row['label']:<24}{row['flops']:>10.3g}{row['width_after']:>13.4g}{row['shrink_per_flop']:>13.3g}")
+    print(f"spent {result.spent:.3g} of {result.budget:.3g} FLOPs: width {result.width_now:.4g} -> "
+          f"{result.width_after:.4g} ({result.width_after / result.width_now:.2f}x)")
+    print(f"\nranked alone (width after: this run alone added; * chosen), top {min(top, len(result.ranked))} "
+          f"of {len(result.ranked)}:\n{head}")
+    for i, row in enumerate(result.ranked[:top], 1):
+        mark = "*" if row["chosen"] else " "
+        print(f"{i:>3}{mark}{row['label']:<24}{row['flops']:>10.3g}{row['width_after']:>13.4g}{row['shrink_per_flop']:>13.3g}")
+    print(f"estimate: {result.estimate}")
 
 
 @_guarded

@@ -22,6 +22,13 @@ def main(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.suggest:
+        from scalelab.bench.suggest import bench_suggest, format_suggest
+
+        result = bench_suggest(args.suggest_seeds)
+        print(format_suggest(result), flush=True)
+        common.write_json(result, args.json, getattr(args, "json_stream", None))
+        return 0
     import jax
 
     from scalelab.bench.step import (
@@ -95,6 +102,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sweep", metavar="MODELS", help="instead: the sweep bench for these ladder sizes "
                    "(e.g. p15k,p50k): an 8-run grid packed vs in-process vs one process per run")
     p.add_argument("--sweep-steps", type=int, default=300, help="steps of each run of the sweep bench")
+    p.add_argument("--suggest", action="store_true", help="instead: the suggest bench: on a synthetic Chinchilla law "
+                   "with noise, the target's interval after 3 rounds of `analyze suggest` vs a fixed IsoFLOP grid of "
+                   "the same FLOPs (CPU only, about 40 s per seed)")
+    p.add_argument("--suggest-seeds", type=int, default=5, metavar="K", help="noise seeds of the suggest bench (default 5)")
     p.add_argument("--no-extras", action="store_true",
                    help="skip the data-pipeline, compile-cache and logging/checkpoint overhead measurements")
     p.set_defaults(func=main)
