@@ -25,6 +25,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 ATTENTION_KERNELS = ("auto", "xla", "cudnn", "blockwise", "splash")
 # `model.parametrization` choices; scalelab/model/parametrization.py implements them
 PARAMETRIZATIONS = ("standard", "mup")
+# `optimizer.name` choices (`optimizer=adamw|muon`, scalelab/configs/optimizer/); scalelab/train/optim.py
+OPTIMIZERS = ("adamw", "muon")
 
 
 class ConfigError(ValueError):
@@ -84,6 +86,8 @@ class TrainConfig:
 
 @dataclass
 class OptimizerConfig:
+    # adamw | muon (Muon on the hidden matrices, AdamW on embeddings, output layer and norms; one
+    # peak lr for both: scalelab/train/optim.py says how Muon's step is scaled)
     name: str = "adamw"
     lr: float = "${model.lr}"  # type: ignore[assignment]
     # a law file (`scalelab analyze lr-law`): the peak lr from the run's N, D (and batch); replaces
@@ -94,6 +98,9 @@ class OptimizerConfig:
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
+    muon_momentum: float = 0.95  # muon: Nesterov momentum of the matrices' gradients
+    # muon: the RMS of a matrix's update before the lr (0.2: about AdamW's), i.e. Muon's step relative to AdamW's
+    muon_rms: float = 0.2
 
 
 @dataclass
@@ -224,7 +231,7 @@ CHOICES = {
     "data.tokenizer": ("byte", "bpe"),
     "train.precision": ("fp32", "bf16"),
     "train.remat": ("none", "full", "dots"),
-    "optimizer.name": ("adamw",),
+    "optimizer.name": OPTIMIZERS,
     "schedule.name": ("cosine", "wsd", "constant"),
     "mesh.impl": ("jit", "shard_map"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -273,7 +280,7 @@ def validate(cfg: DictConfig) -> None:
         "model.vocab_multiple", "model.rope_theta", "model.init_std", "model.mup_base_width",
         "data.tokens", "data.seq_len", "data.prefetch",
         "train.batch_size", "train.log_every", "train.eval_tokens",
-        "optimizer.lr", "checkpoint.keep",
+        "optimizer.lr", "optimizer.muon_rms", "checkpoint.keep",
     ]
     for key in positive:
         value = _get(cfg, key)
@@ -308,6 +315,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optimizer.lr_law and not OmegaConf.is_interpolation(cfg.optimizer, "lr"):
         raise ConfigError("optimizer.lr_law", f"and optimizer.lr={cfg.optimizer.lr} both set the peak learning "
                                               "rate: give one of them")
+    if not 0 <= cfg.optimizer.muon_momentum < 1:
+        raise ConfigError("optimizer.muon_momentum", f"must lie in [0, 1); got {cfg.optimizer.muon_momentum}")
+    if cfg.optimizer.name == "muon" and m.parametrization != "standard":
+        raise ConfigError("optimizer.name", f"muon with model.parametrization={m.parametrization} is not supported: "
+                          "mup's per-group learning rates are AdamW's (Muon scales each matrix's step by its "
+                          "shape itself); use model.parametrization=standard")
     if not cfg.logger.jsonl.enabled:
         raise ConfigError("logger.jsonl.enabled", "metrics.jsonl is the run file (resume, status and analysis "
                           "read it) and is always written; choose trackers with logger=[...]")

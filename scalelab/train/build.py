@@ -128,7 +128,8 @@ def build_run(cfg: DictConfig, run_dir, devices=None) -> Run:
     fns = model_fns(spec)
     grad_accum = t.grad_accum or auto_grad_accum(
         t.batch_size, cfg.data.seq_len, meshlib.batch_shards(rules, mesh, t.batch_size), jax.default_backend())
-    steps = build_steps(fns, mesh, rules_key(rules), t.batch_size, grad_accum, impl=cfg.mesh.impl)
+    steps = build_steps(fns, mesh, rules_key(rules), t.batch_size, grad_accum, impl=cfg.mesh.impl,
+                        optimizer=cfg.optimizer.name)
     return Run(cfg=cfg, run_dir=Path(run_dir), store=store, plan=plan, shape=spec.shape,
                counts=counts, mesh=mesh, rules=rules, hyper=hyper, fns=fns,
                grad_accum=grad_accum, steps=steps, config=OmegaConf.to_container(cfg, resolve=True),

@@ -10,8 +10,9 @@ more compilation per distinct M), so a finished member's slot costs nothing afte
 
 Which runs can share a program is decided by `group_key` (scalelab/sweep/packed.py groups a
 sweep's jobs by it): everything that shapes the program (model, sequence length, batch,
-precision, microbatches, remat, mesh, data) must be equal; what the step takes as inputs
-(learning rate and schedule, weight decay, clipping, Adam's betas, seed, run length) may differ.
+precision, microbatches, remat, mesh, data, the optimizer) must be equal; what the step takes as
+inputs (learning rate and schedule, weight decay, clipping, Adam's betas, Muon's momentum and RMS,
+seed, run length) may differ.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def group_key(run: Run) -> tuple:
     cfg = run.cfg
     data = {k: v for k, v in run.config["data"].items() if k not in ("tokens", "prefetch")}
     return (run.fns.spec, tuple(run.mesh.shape.items()), rules_key(run.rules), cfg.train.batch_size,
-            run.grad_accum, cfg.mesh.impl, str(sorted(data.items())), cfg.train.eval_tokens)
+            run.grad_accum, cfg.mesh.impl, str(sorted(data.items())), cfg.train.eval_tokens,
+            cfg.optimizer.name)  # the optimizer shapes the train state and the update
 
 
 @jax.jit
@@ -233,11 +235,11 @@ class Layout:
         """The group's jitted call: K steps of every member (see `steps_of_one_run`)."""
         run = self.leader
         if self.member_mesh is not None:
-            return build_member_parallel_step(run.fns, self.member_mesh, run.grad_accum)
+            return build_member_parallel_step(run.fns, self.member_mesh, run.grad_accum, run.cfg.optimizer.name)
         if run.cfg.mesh.impl != "jit":
             raise ConfigError("mesh.impl", "packed sweeps run with mesh.impl=jit")
         return build_packed_chunk_step(run.fns, run.mesh, rules_key(run.rules), run.cfg.train.batch_size,
-                                       run.grad_accum, width)
+                                       run.grad_accum, width, run.cfg.optimizer.name)
 
     def shardings(self, width: int):
         """(state, batches, per-member input) shardings of a stack of `width`."""

@@ -147,14 +147,22 @@ def _grads_fn(fns: ModelFns, mesh, param_sh, batch_size: int, grad_accum: int, i
     return shard_map_loss_and_grads(fns, mesh, param_specs, batch_spec, grad_accum)
 
 
-def one_step(grads_fn, state, batch, hyper: optim.Hyper, lr_multipliers=None):
-    """The update of one run: loss and gradients, then AdamW at the schedule's learning rate (times
-    each parameter's multiplier from the model's parametrization, when it has them)."""
+def one_step(grads_fn, state, batch, hyper: optim.Hyper, lr_multipliers=None, optimizer: str = "adamw",
+             muon_dims=None):
+    """The update of one run: loss and gradients, then the optimizer (`optim.update`: adamw, or muon
+    on the matrices of `muon_dims`) at the schedule's learning rate (times each parameter's
+    multiplier from the model's parametrization, when it has them)."""
     loss, grads = grads_fn(state["params"], batch)
-    params, opt_state, lr = optim.adamw_update(state["params"], grads, state["opt_state"], state["step"], hyper,
-                                               lr_multipliers)
+    params, opt_state, lr = optim.update(state["params"], grads, state["opt_state"], state["step"], hyper,
+                                         lr_multipliers, optimizer, muon_dims)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
     return new_state, {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
+
+
+def _update_args(fns: ModelFns, optimizer: str) -> dict:
+    """`one_step`'s static optimizer arguments for a model and `optimizer.name`."""
+    return {"lr_multipliers": fns.lr_multipliers, "optimizer": optimizer,
+            "muon_dims": optim.muon_dims(fns.logical_axes) if optimizer == "muon" else None}
 
 
 def stacked_sharding(sharding, members: int):
@@ -166,8 +174,8 @@ def stacked_sharding(sharding, members: int):
 
 @functools.lru_cache(maxsize=32)
 def build_steps(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_accum: int,
-                impl: str = "jit") -> Steps:
-    """The jitted steps of one shape (cached: runs of a sweep share them).
+                impl: str = "jit", optimizer: str = "adamw") -> Steps:
+    """The jitted steps of one shape and optimizer (`optimizer.name`; cached: runs of a sweep share them).
 
     impl=jit lets GSPMD place the collectives; impl=shard_map writes them out. Packed groups use
     `build_packed_chunk_step` or `build_member_parallel_step` instead of `train_step`.
@@ -178,7 +186,7 @@ def build_steps(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_a
     if grad_accum > 1:
         meshlib.batch_sharding(rules, mesh, batch_size // grad_accum, "train.grad_accum")  # microbatches split too
     replicated = meshlib.replicated(mesh)
-    moments = optim.moments()
+    moments = optim.moments(optimizer, optim.muon_dims(fns.logical_axes))
 
     def init_state(seed):
         params = fns.init(seed)
@@ -187,10 +195,9 @@ def build_steps(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_a
     abstract = jax.eval_shape(init_state, 0)
     # optimizer moments mirror their parameter's sharding; scalars (counts) are replicated
     state_sh = {"step": replicated, "params": param_sh,
-                "opt_state": optax.tree_map_params(moments, lambda _, s: s, abstract["opt_state"], param_sh,
-                                                   transform_non_params=lambda _: replicated)}
+                "opt_state": optim.per_param_state(abstract["opt_state"], param_sh, replicated)}
     step_fn = partial(one_step, _grads_fn(fns, mesh, param_sh, batch_size, grad_accum, impl),
-                      lr_multipliers=fns.lr_multipliers)
+                      **_update_args(fns, optimizer))
     train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, replicated), out_shardings=(state_sh, replicated),
                          donate_argnums=0)
     eval_step = jax.jit(partial(next_token_loss, fns), in_shardings=(param_sh, batch_sh), out_shardings=replicated)
@@ -217,12 +224,12 @@ def steps_of_one_run(step_fn):
 
 @functools.lru_cache(maxsize=32)
 def build_packed_chunk_step(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_accum: int,
-                            members: int):
+                            members: int, optimizer: str = "adamw"):
     """Packed members each sharded over `mesh` as a single run would be (the member axis replicated),
     K steps per call: (state_M, batches_MxKxBxT1, active_MxK, hyper_M) -> (state_M, metrics_MxK)."""
-    steps = build_steps(fns, mesh, rules_items, batch_size, grad_accum, "jit")
+    steps = build_steps(fns, mesh, rules_items, batch_size, grad_accum, "jit", optimizer)
     step_fn = partial(one_step, _grads_fn(fns, mesh, steps.state_shardings["params"], batch_size, grad_accum, "jit"),
-                      lr_multipliers=fns.lr_multipliers)
+                      **_update_args(fns, optimizer))
     stacked_state = jax.tree.map(lambda s: stacked_sharding(s, members), steps.state_shardings)
     batches = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, *steps.batch_sharding.spec))
     per_member = stacked_sharding(steps.hyper_sharding, members)
@@ -231,7 +238,7 @@ def build_packed_chunk_step(fns: ModelFns, mesh, rules_items: tuple, batch_size:
 
 
 @functools.lru_cache(maxsize=32)
-def build_member_parallel_step(fns: ModelFns, member_mesh, grad_accum: int):
+def build_member_parallel_step(fns: ModelFns, member_mesh, grad_accum: int, optimizer: str = "adamw"):
     """The train step of runs stacked along a leading member axis that is split over every device
     of `member_mesh` (axis `data`): each device trains its own members, with no collective at all,
     K steps per call (the signature of `steps_of_one_run`, with a leading member axis).
@@ -239,8 +246,7 @@ def build_member_parallel_step(fns: ModelFns, member_mesh, grad_accum: int):
     This is the fastest layout for models small enough that one device holds a whole run (each
     core of a CPU, each GPU of a host); the member count must divide over the devices.
     """
-    step_fn = partial(one_step, partial(loss_and_grads, fns, grad_accum=grad_accum),
-                      lr_multipliers=fns.lr_multipliers)
+    step_fn = partial(one_step, partial(loss_and_grads, fns, grad_accum=grad_accum), **_update_args(fns, optimizer))
     spread = jax.sharding.NamedSharding(member_mesh, jax.sharding.PartitionSpec("data"))
     return jax.jit(jax.vmap(steps_of_one_run(step_fn)), in_shardings=(spread,) * 4, out_shardings=(spread, spread),
                    donate_argnums=0)
