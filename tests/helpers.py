@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -17,6 +18,13 @@ TINY = [
     "data.seq_len=32", "data.tokens=3072", "train.batch_size=8", "train.log_every=1",
     "train.eval_tokens=512", "train.progress=false",
 ]
+
+
+def jax_cache_env() -> dict:
+    """For the environment of a test's training subprocesses: one persistent JAX compilation cache
+    (tests/sweep/test_sweep.py's), so that a relaunch of a run, or another run of the same shapes,
+    loads its programs instead of compiling them again (the same executables: losses are bitwise equal)."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(Path(os.environ["SCALELAB_CACHE"]).resolve() / "jax-test-cache")}
 
 
 def compose_config(overrides=()):

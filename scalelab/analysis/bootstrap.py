@@ -113,8 +113,12 @@ def acceleration(jackknife) -> float | None:
     if len(values) < 3:
         return None
     d = values.mean() - values
-    spread = float(np.sum(d ** 2))
-    return float(np.sum(d ** 3) / (6.0 * spread ** 1.5)) if spread > 0 else None
+    scale = float(np.max(np.abs(d)))
+    if not 0 < scale < np.inf:
+        return None
+    d = d / scale  # the acceleration is scale-free; this keeps d**3 finite for jackknife values like 1e126
+    accel = float(np.sum(d ** 3) / (6.0 * float(np.sum(d ** 2)) ** 1.5))
+    return accel if np.isfinite(accel) else None
 
 
 def bca_interval(values, estimate, jackknife=None, level: float = LEVEL):
@@ -136,6 +140,8 @@ def bca_interval(values, estimate, jackknife=None, level: float = LEVEL):
     if np.any(denominator <= 0):
         return fallback, "percentile: the jackknife acceleration is too large for BCa"
     quantiles = norm.cdf(z0 + shifted / denominator)
+    if not np.all(np.isfinite(quantiles)):
+        return fallback, "percentile: the BCa quantiles are not finite"
     low, high = np.quantile(values, quantiles)
     method = "BCa" if accel is not None else "BCa without acceleration (jackknife failed)"
     return (float(low), float(high)), method

@@ -129,6 +129,17 @@ def test_bca_matches_scipy_and_contains_the_estimate():
     assert method.startswith("percentile") and "one side" in method
 
 
+def test_bca_survives_jackknife_values_beyond_float_range_cubed():
+    """A degenerate fit's coefficients (A ~ 1e126 in some jackknife fits) must not crash the interval."""
+    rng = np.random.default_rng(0)
+    values = np.exp(rng.normal(280.0, 5.0, size=40))     # ~1e121 to 1e126
+    jackknife = np.exp(rng.normal(280.0, 5.0, size=12))
+    (low, high), method = bca_interval(values, float(np.median(values)), jackknife)
+    assert method == "BCa" and np.isfinite([low, high]).all() and low < high
+    scaled, _ = bca_interval(values / 1e120, float(np.median(values)) / 1e120, jackknife / 1e120)
+    assert scaled == pytest.approx((low / 1e120, high / 1e120), rel=1e-9)   # the acceleration is scale-free
+
+
 def test_bootstrap_intervals_contain_the_estimates(quickstart_like):
     for approach, options in (("2", {}), ("3", {"n_starts": 300, "bootstrap_starts": 8})):
         result = fit(quickstart_like, approach, bootstrap=30, seed=0, **options)

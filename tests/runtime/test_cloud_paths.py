@@ -12,7 +12,7 @@ import time
 import pytest
 
 from scalelab import paths
-from tests.helpers import REPO, TINY, finish
+from tests.helpers import REPO, TINY, finish, jax_cache_env
 from tests.s3 import s3_server
 
 # as tests/train/test_checkpoint.py's KILLABLE: 40 steps, slow enough to kill mid-run, a checkpoint every 8
@@ -33,7 +33,8 @@ def s3(tmp_path_factory):
 
 
 def command(args, cache, train=False):
-    env = {**os.environ, "SCALELAB_CACHE": str(cache), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "SCALELAB_CACHE": str(cache), "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           **jax_cache_env()}  # the compilation cache is shared; the data and run mirrors are not
     entry = "from scalelab.cli.entry import train; train()" if train else \
         "from scalelab.cli.entry import cli; cli()"
     return subprocess.Popen([sys.executable, "-c", entry, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,

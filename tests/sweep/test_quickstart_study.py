@@ -20,7 +20,7 @@ import pytest
 from scalelab.analysis.report import report
 
 REPO = Path(__file__).resolve().parents[2]
-REDUCED = ["hydra.sweeper.budgets=[1e10,3e10,6e10]", "hydra.sweeper.models=[d8,d12,d16,d24,d32]",
+REDUCED = ["hydra.sweeper.budgets=[5e9,1.5e10,3e10]", "hydra.sweeper.models=[d8,d12,d16]",
            "train.eval_tokens=4096"]
 
 

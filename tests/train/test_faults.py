@@ -13,14 +13,14 @@ from scalelab.runtime import faults
 from scalelab.train.checkpoint import Checkpointer, CheckpointError, damage, file_list
 from scalelab.train.run import run
 from scalelab.train.runlog import read_metrics, read_summary
-from tests.helpers import REPO, TINY, compose_config
+from tests.helpers import REPO, TINY, compose_config, jax_cache_env
 
 # 24 steps, a checkpoint every 4
 RUN = TINY + ["data.tokens=6144", "checkpoint.every=4", "checkpoint.keep=2"]
 
 
 def train(run_dir, *overrides, faults_spec=None, wait=True):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", **jax_cache_env()}
     env.pop(faults.ENV, None)
     if faults_spec:
         env[faults.ENV] = faults_spec

@@ -7,14 +7,14 @@ import subprocess
 import sys
 
 from scalelab.train.progress import Progress
-from tests.helpers import REPO, TINY
+from tests.helpers import REPO, TINY, jax_cache_env
 
 LINE = re.compile(r"step (\d+)/12 loss (\d+\.\d{4}) (?:eval (\d+\.\d{4}) )?([\d,]+) tok/s MFU (\d+\.\d\d)% ETA (\S+)")
 
 
 def test_log_lines_reach_stderr_and_train_log_at_the_logged_steps(tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", **jax_cache_env()}
     cmd = [sys.executable, "-c", "from scalelab.cli.entry import train; train()", f"hydra.run.dir={run_dir}",
            *TINY, "train.progress=true", "train.log_every=4", "train.eval_every=6"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

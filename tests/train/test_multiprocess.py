@@ -13,7 +13,7 @@ import pytest
 
 from scalelab.runtime import faults
 from scalelab.train.runlog import read_metrics, read_summary
-from tests.helpers import REPO, TINY
+from tests.helpers import REPO, TINY, jax_cache_env
 
 OVERRIDES = TINY + ["data.tokens=4096", "checkpoint.every=8"]
 
@@ -30,7 +30,8 @@ def command(run_dir, *extra):
 
 
 def env_with(devices, **extra):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **jax_cache_env(),
+           **extra}
     if faults.ENV not in extra:
         env.pop(faults.ENV, None)
     return env
