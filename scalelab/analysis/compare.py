@@ -59,6 +59,7 @@ class CompareResult:
     names: tuple = ("A", "B")
     differences: dict = field(default_factory=dict)
     multipliers: list = field(default_factory=list)
+    trend: dict = field(default_factory=dict)   # the multiplier's slope in log C (see `multiplier_trend`)
     converged: bool = True
     message: str = ""
     notes: list = field(default_factory=list)
@@ -67,6 +68,7 @@ class CompareResult:
         return json_safe({
             "approach": self.approach, "names": list(self.names), "converged": self.converged,
             "message": self.message, "differences": self.differences, "multipliers": self.multipliers,
+            "trend": self.trend,
             "notes": self.notes, "fit_a": self.fit_a.to_dict(), "fit_b": self.fit_b.to_dict(),
         })
 
@@ -119,12 +121,42 @@ def compare_fits(fit_a: FitResult, fit_b: FitResult, names=("A", "B"), budgets=(
             values = [compute_multiplier(_frontier_of(sa), _frontier_of(sb), c) for sa, sb in pairs]
             row["ci"] = _multiplier_interval(values)
         result.multipliers.append(row)
+    result.trend = multiplier_trend(fit_a, fit_b, pairs, budgets)
     if pairs:
         result.notes.append(f"intervals from {len(pairs)} paired bootstrap resamples (A and B resampled "
                             "independently); percentile 95%")
     result.notes.append(f"multiplier m: {names[0]} needs m*C FLOPs to reach the loss {names[1]} reaches at C "
                         f"(m > 1: {names[1]} is more compute-efficient)")
     return result
+
+
+def _log_slope(budgets, multipliers) -> float:
+    m = np.asarray(multipliers, dtype=float)
+    if len(m) < 2 or not np.all(np.isfinite(m) & (m > 0)):
+        return math.nan
+    return float(np.polyfit(np.log10(budgets), np.log10(m), 1)[0])
+
+
+def multiplier_trend(fit_a: FitResult, fit_b: FitResult, pairs, budgets) -> dict:
+    """Does B's gain grow or shrink with scale: the slope s of log10 m against log10 C over the
+    budgets (m ~ C^s; 10^s per decade of compute), with a percentile interval over the paired
+    resamples whose multipliers are finite at every budget. Empty with fewer than 2 budgets."""
+    budgets = [float(c) for c in budgets]
+    if len(budgets) < 2 or not (fit_a.frontier and fit_b.frontier):
+        return {}
+    slope = _log_slope(budgets, [compute_multiplier(fit_a.frontier, fit_b.frontier, c) for c in budgets])
+    out = {"slope": slope, "per_decade": 10.0 ** slope if math.isfinite(slope) else math.nan,
+           "budgets": [min(budgets), max(budgets)]}
+    draws = [_log_slope(budgets, [compute_multiplier(_frontier_of(sa), _frontier_of(sb), c) for c in budgets])
+             for sa, sb in pairs]
+    draws = [d for d in draws if math.isfinite(d)]
+    if len(draws) >= 2:
+        out["ci"] = percentile_interval(draws)
+        out["resamples"] = len(draws)
+        low, high = out["ci"]
+        out["verdict"] = "grows with compute" if low > 0 else "shrinks with compute" if high < 0 else \
+            "no trend established (the interval contains 0)"
+    return out
 
 
 def _multiplier_interval(values):

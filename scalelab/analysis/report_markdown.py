@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 
 from .conventions import SAME_N_AND_C
 from .markdown import allocation_table, exponent_ci, holdout_table, num, parameters_table, table, with_ci
@@ -186,6 +187,17 @@ def _approach_section(study, approach: str) -> list[str]:
     return lines
 
 
+def trend_lines(trend: dict, b: str) -> list[str]:
+    """The multiplier's fitted trend across the budgets, one line (none without one)."""
+    if not trend or not math.isfinite(trend.get("slope", math.nan)):
+        return []
+    ci = "" if "ci" not in trend else f" [{trend['ci'][0]:.3f}, {trend['ci'][1]:.3f}]"
+    verdict = f": {trend['verdict']}" if "verdict" in trend else ""
+    return [f"- trend: the multiplier of {b} goes as C^s from {num(trend['budgets'][0])} to "
+            f"{num(trend['budgets'][1])} FLOPs, s = {trend['slope']:.3f}{ci} (x{trend['per_decade']:.2f} per decade "
+            f"of compute){verdict}"]
+
+
 def _comparison_section(comparisons, comparison_figures) -> list[str]:
     lines = ["## Comparison", ""]
     for cmp in comparisons:
@@ -200,7 +212,7 @@ def _comparison_section(comparisons, comparison_figures) -> list[str]:
         rows = [[num(r["budget"]), num(r[f"loss_{a}"], 4), num(r[f"loss_{b}"], 4),
                  with_ci(r["multiplier"], r.get("ci"))] for r in cmp.multipliers]
         lines += [table(["C (FLOPs)", f"loss {a}", f"loss {b}", f"compute multiplier of {b}"], rows), ""]
-        lines += [f"- {n}" for n in cmp.notes] + [""]
+        lines += trend_lines(cmp.trend, b) + [f"- {n}" for n in cmp.notes] + [""]
     for _cmp, png in comparison_figures:
         lines += [f"![comparison]({png})", "", f"*{FIGURE_CAPTIONS['comparison']}*", ""]
     return lines

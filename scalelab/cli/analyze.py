@@ -439,6 +439,7 @@ def run_compare(args) -> int:
 
 def _print_comparison(result) -> None:
     from scalelab.analysis.markdown import exponent_ci, fit_text, num, with_ci
+    from scalelab.analysis.report_markdown import trend_lines
     a, b = result.names
     print(f"A = {a}\n" + fit_text(result.fit_a).replace("\n", "\n  "))
     print(f"B = {b}\n" + fit_text(result.fit_b).replace("\n", "\n  "))
@@ -448,6 +449,8 @@ def _print_comparison(result) -> None:
     print(f"compute multiplier of {b} over {a}:")
     for row in result.multipliers:
         print(f"  C = {num(row['budget'])}: {with_ci(row['multiplier'], row.get('ci'))}")
+    for line in trend_lines(result.trend, b):
+        print(line[2:])
     for note in result.notes:
         print(f"note: {note}")
 

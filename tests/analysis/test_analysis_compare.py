@@ -1,13 +1,14 @@
 """compare(): exponent differences and the effective compute multiplier."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from scalelab.analysis import compare
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.compare import compute_multiplier
+from scalelab.analysis.compare import compute_multiplier, multiplier_trend
 
 LAW_A = sy.ChinchillaLaw()
 SCALE = 2.0   # B behaves like A with N and D both 2x larger: 4x compute at the optimum
@@ -23,6 +24,17 @@ def test_multiplier_closed_form():
     assert math.isnan(compute_multiplier(None, b, 1e4))
 
 
+def test_multiplier_trend_is_the_slope_in_log_compute():
+    """L_A = 1 + 10 C^-0.5, L_B = 1 + 5 C^-0.6: m = 4 C^0.2, so the gain grows 10^0.2 per decade."""
+    fit_a, fit_b = (SimpleNamespace(frontier={"E": 1.0, "A": a, "gamma": g}) for a, g in ((10.0, 0.5), (5.0, 0.6)))
+    draws = [({"frontier_E": 1.0, "frontier_A": 10.0, "frontier_gamma": 0.5},
+              {"frontier_E": 1.0, "frontier_A": 5.0, "frontier_gamma": g}) for g in (0.58, 0.6, 0.62)]
+    trend = multiplier_trend(fit_a, fit_b, draws, [1e4, 1e6, 1e8])
+    assert trend["slope"] == pytest.approx(0.2) and trend["per_decade"] == pytest.approx(10 ** 0.2)
+    assert 0 < trend["ci"][0] < 0.2 < trend["ci"][1] and trend["verdict"] == "grows with compute"
+    assert multiplier_trend(fit_a, fit_b, draws, [1e4]) == {}
+
+
 def test_compare_approach3_recovers_known_multiplier():
     grid = (np.logspace(7, 10, 7), np.logspace(8.5, 11.5, 7))
     table_a = sy.grid_runs(LAW_A, *grid, noise=0.0)
@@ -34,6 +46,7 @@ def test_compare_approach3_recovers_known_multiplier():
     for row in result.multipliers:
         print(f"compute multiplier at C={row['budget']:.0e}: {row['multiplier']:.3f} (true {SCALE ** 2})")
         assert row["multiplier"] == pytest.approx(SCALE ** 2, rel=0.05)
+    assert abs(result.trend["slope"]) < 0.01   # a constant multiplier: no trend
     assert result.to_dict()["names"] == ["base", "new"]
 
 
