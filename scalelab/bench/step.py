@@ -12,52 +12,20 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from dataclasses import dataclass
 
 import jax
 import numpy as np
 from omegaconf import OmegaConf
 
 from scalelab import ledger
+from scalelab.bench.shapes import CPU_LADDER, GPU_125M, LONG_SEQUENCE, REFERENCE, BenchShape
 from scalelab.config import MeshConfig, OptimizerConfig, ScheduleConfig
-from scalelab.model import ladder
 from scalelab.model.functional import model_fns
 from scalelab.model.transformer import ModelSpec, resolve_attention
 from scalelab.runtime import hardware
 from scalelab.train import mesh as meshlib
 from scalelab.train import optim
 from scalelab.train.step import auto_grad_accum, build_steps, rules_key
-
-
-@dataclass(frozen=True)
-class BenchShape:
-    """A benchmark case: one model shape (the ledger's record) and the batch it is timed with."""
-
-    name: str
-    shape: ledger.Shape
-    batch_size: int = 16
-
-    @classmethod
-    def of(cls, name: str, batch_size: int = 16, *, vocab: int = 256, seq_len: int = 256, **arch) -> BenchShape:
-        arch.setdefault("n_kv_heads", arch["n_heads"])
-        return cls(name, ledger.Shape(vocab=vocab, seq_len=seq_len, **arch), batch_size)
-
-    @classmethod
-    def from_ladder(cls, name: str, batch_size: int = 16, vocab: int = 256, seq_len: int = 256) -> BenchShape:
-        r = ladder.rung(name)
-        return cls.of(name, batch_size, vocab=vocab, seq_len=seq_len, d_model=r["d_model"], n_layers=r["n_layers"],
-                      n_heads=r["n_heads"], n_kv_heads=r["n_kv_heads"], d_ff=r["d_ff"])
-
-
-# The CPU reference shape: vocab 256, d 256, 4 layers, 4 heads, seq 256, batch 16, a SwiGLU MLP
-# with the FLOPs of a 4x GELU MLP (d_ff = 8/3 * 256 ~ 683).
-REFERENCE = BenchShape.of("reference", d_model=256, n_layers=4, n_heads=4, d_ff=683)
-CPU_LADDER = ("p150k", "p500k", "p1m", "p3m")
-LONG_SEQUENCE = BenchShape.from_ladder("p1m", batch_size=4, seq_len=1024)
-LONG_SEQUENCE = dataclasses.replace(LONG_SEQUENCE, name="p1m-seq1024")
-# A GPT-2-small-sized model for accelerators: 85M non-embedding parameters, SwiGLU, vocabulary
-# 50,304, sequence 1024 (the default shapes on GPU/TPU).
-GPU_125M = BenchShape.of("gpu-125m", d_model=768, n_layers=12, n_heads=12, d_ff=2048, vocab=50304, seq_len=1024)
 
 
 def default_shapes() -> list[BenchShape]:

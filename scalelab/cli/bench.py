@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from scalelab.cli import common
 
 
@@ -29,6 +31,8 @@ def _bench(args) -> int:
         print(format_suggest(result), flush=True)
         common.write_json(result, args.json, getattr(args, "json_stream", None))
         return 0
+    if args.against:
+        return _against(args)
     import jax
 
     from scalelab.bench.step import (
@@ -90,6 +94,39 @@ def _bench(args) -> int:
     return 0
 
 
+def _against(args) -> int:
+    from scalelab.bench import against
+
+    if not against.torch_available():
+        print(f"scalelab bench --against torch needs PyTorch, which is not installed here; {against.INSTALL_HINT}",
+              file=sys.stderr)
+        return 2
+    if args.precision != "fp32":
+        print("scalelab bench --against torch compares fp32 training steps only", file=sys.stderr)
+        return 2
+    names = args.shapes.split(",") if args.shapes else ["reference"]
+    try:
+        for name in names:
+            against.by_name(name)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"scalelab vs {args.against}: {args.rounds} rounds per shape, each a fresh scalelab process then a "
+          f"fresh torch process; median of {args.steps} timed steps after warm-up; a round is contaminated when other "
+          f"processes used more than {against.quiet.CONTAMINATED_ABOVE:.0%} of the CPUs during either side "
+          "(others = /proc/stat busy time minus the side's own)", flush=True)
+    try:
+        result = against.bench_against(names, args.rounds, args.steps, args.grad_accum,
+                                       echo=lambda line: print(line, flush=True))
+    except against.SideFailed as e:
+        print(f"scalelab bench --against torch: {e}", file=sys.stderr)
+        return 1
+    common.write_json(result, args.json, getattr(args, "json_stream", None))
+    if args.json and not common.to_stdout(args.json):
+        print(f"\nwrote {args.json}")
+    return 0
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="training-step speed (tokens/s, MFU) against the measured peak")
     p.add_argument("--shapes", metavar="NAMES",
@@ -106,6 +143,11 @@ def add_parser(subparsers) -> None:
                    "with noise, the target's interval after 3 rounds of `analyze suggest` vs a fixed IsoFLOP grid of "
                    "the same FLOPs (CPU only, about 40 s per seed)")
     p.add_argument("--suggest-seeds", type=int, default=5, metavar="K", help="noise seeds of the suggest bench (default 5)")
+    p.add_argument("--against", choices=["torch"], help="instead: scalelab's training step against a PyTorch CPU "
+                   "trainer of the same model (scalelab/bench/torch_peer.py), alternating fresh processes for "
+                   "--rounds rounds, with the CPU load from other processes during each (default shape: reference; "
+                   "needs pip install -e '.[bench]')")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the --against bench (default 3)")
     p.add_argument("--no-extras", action="store_true",
                    help="skip the data-pipeline, compile-cache and logging/checkpoint overhead measurements")
     p.set_defaults(func=main)
