@@ -58,6 +58,9 @@ class ModelConfig:
     # with d_model / mup_base_width; scalelab/model/parametrization.py)
     parametrization: str = "standard"
     mup_base_width: int = 256  # mup: the d_model at which mup equals standard (where lr was tuned)
+    # mup: the base model's head_dim (attention scores scale as sqrt(it)/head_dim); 0: this model's own,
+    # for families that widen by adding heads of one size (the ladder's, between its head_dim steps)
+    mup_base_head_dim: int = 0
 
 
 @dataclass
@@ -286,7 +289,7 @@ def validate(cfg: DictConfig) -> None:
         value = _get(cfg, key)
         if value is None or value <= 0:
             raise ConfigError(key, f"must be positive; got {value!r}")
-    for key in ["model.head_dim", "train.eval_every", "train.grad_accum", "checkpoint.every", "optimizer.weight_decay",
+    for key in ["model.head_dim", "model.mup_base_head_dim", "train.eval_every", "train.grad_accum", "checkpoint.every", "optimizer.weight_decay",
                 "optimizer.clip", "schedule.warmup", "schedule.final_lr_ratio"]:
         if _get(cfg, key) < 0:
             raise ConfigError(key, f"must be zero or positive; got {_get(cfg, key)!r}")

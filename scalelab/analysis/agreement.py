@@ -83,9 +83,11 @@ def _holdout_line(fits: dict, info: dict) -> str:
     name = run.get("model") or f"N = {num(run['params'])}"
     parts = [f"{LABELS[a]} {100 * row['rel_error']:+.2f}%" + ("" if fits[a].determined else " (not determined)")
              for a, row in errors]
+    repeats = int(info.get("n_repeats") or 1)
+    target = (f"its best run ({name}, loss {run['loss']:.4f})" if repeats == 1 else
+              f"its best point ({name}, mean loss of its {repeats} seeds {run['loss']:.4f})")
     return (f"- **Held-out error**: fitted without the largest budget (C = {num(info.get('budget'))}, "
-            f"{info.get('n_held_out', '?')} runs) and predicting its best run ({name}, loss "
-            f"{run['loss']:.4f}): " + ", ".join(parts) + ".")
+            f"{info.get('n_held_out', '?')} runs) and predicting {target}: " + ", ".join(parts) + ".")
 
 
 def build_verdict(label: str, fits: dict, holdout_info: dict | None = None) -> Verdict:

@@ -55,8 +55,8 @@ def budget_minimum(params, tokens, loss, window: int = DEFAULT_WINDOW):
     sizes, which = np.unique(params, return_inverse=True)
     if len(sizes) < MIN_SIZES:
         return None, f"has {len(sizes)} model size(s); a parabola needs at least {MIN_SIZES}"
-    per_size = np.full(len(sizes), np.inf)
-    np.minimum.at(per_size, which, loss)
+    # the size with the lowest mean loss (seeds of one size count together)
+    per_size = np.bincount(which, weights=loss) / np.bincount(which)
     best = int(np.argmin(per_size))
     if best in (0, len(sizes) - 1):
         side = "smallest" if best == 0 else "largest"

@@ -71,7 +71,7 @@ def split_holdout(table: pd.DataFrame, holdout_top: int):
 
 
 def split_largest_budget(table: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE):
-    """(runs of every other budget, the best (lowest-loss) run of the largest budget, info).
+    """(runs of every other budget, the best (lowest mean loss) point of the largest budget, info).
 
     Budgets come from the ``budget`` column or from grouping runs by FLOPs.
     """
@@ -81,11 +81,26 @@ def split_largest_budget(table: pd.DataFrame, tolerance: float = DEFAULT_TOLERAN
         raise AnalysisError(f"the held-out check needs at least 2 budgets, found {len(values)} ({source})")
     largest = float(values.max())
     members = budget.to_numpy(dtype=float) == largest
-    held = table[members]
-    best = held.loc[[held["loss"].idxmin()]]
+    best, n_seeds = best_point(table[members])
+    what = ("the lowest-loss run of the largest budget" if n_seeds == 1 else
+            f"the largest budget's lowest-loss point, the mean of its {n_seeds} runs (seeds)")
     info = {"kind": "largest budget", "budget": largest, "n_held_out": int(members.sum()),
-            "predicted_run": "the lowest-loss run of the largest budget", "budgets_from": source}
+            "predicted_run": what, "n_repeats": n_seeds, "budgets_from": source}
     return table[~members], best, info
+
+
+def best_point(runs: pd.DataFrame):
+    """(one-row table of the lowest mean loss over runs that share N and D, how many runs it averages).
+
+    With several seeds per point the lowest single run is biased low (the minimum of noisy draws);
+    the mean of the best point's runs is the target a fitted law can be held to.
+    """
+    keys = runs[["params", "tokens"]].round(6)
+    mean = runs.groupby([keys["params"], keys["tokens"]], sort=False)["loss"].transform("mean")
+    best = runs.loc[[mean.idxmin()]].copy()
+    same = (keys["params"] == keys.loc[best.index[0], "params"]) & (keys["tokens"] == keys.loc[best.index[0], "tokens"])
+    best["loss"] = float(mean.min())
+    return best, int(same.sum())
 
 
 def _fit_once(approach, table, curves, seed, options) -> FitResult:

@@ -156,8 +156,10 @@ def _holdout_lines(study, approach: str, f: FitResult) -> list[str]:
     if not f.holdout:
         return []
     info = f.details.get("holdout_fit", {})
+    repeats = int(info.get("n_repeats") or 1)
+    best = "its best run" if repeats == 1 else f"its best point (the mean of its {repeats} seeds)"
     what = (f"without the largest budget (C = {num(info.get('budget'))}, {info.get('n_held_out')} runs), "
-            "predicting its best run" if info.get("kind") == "largest budget"
+            f"predicting {best}" if info.get("kind") == "largest budget"
             else f"without the {info.get('n_held_out')} largest-compute runs, predicting them")
     how = " with L(N, D)" if approach == "3" else " with the frontier L(C), the best loss reachable at that C"
     status = info.get("status", "")

@@ -13,11 +13,14 @@
   | output matrix (lm_head, or tied embed)  | init_std      | logits × 1/r       | lr      |
   | vectors (norm scales)                   | 1             | 1                  | lr      |
 
-  and attention scores are scaled by 1/head_dim instead of 1/sqrt(head_dim) (query and key become
-  correlated during training, so their dot product grows like head_dim, not its square root). At
-  d_model = mup_base_width everything but that attention scale equals `standard`, so the learning
-  rate to use at every width is the one tuned at the base width. r is read from d_model alone: the
-  rule assumes d_ff and n_heads x head_dim grow in proportion to d_model, as the ladder's do.
+  and attention scores scale as 1/head_dim across widths instead of 1/sqrt(head_dim) (query and
+  key become correlated during training, so their dot product grows like head_dim, not its square
+  root), normalised to standard's 1/sqrt(head_dim) at the base width: sqrt(base head_dim)/head_dim,
+  with `model.mup_base_head_dim` the base model's head_dim (0: this model's own, for a family that
+  widens by adding heads of one size, where the scale stays standard's). So at d_model =
+  mup_base_width a mup model computes exactly what the standard one does, and the learning rate
+  (and init_std) tuned there is the one to use at every width. r is read from d_model alone: the
+  rule assumes d_ff and n_heads x head_dim grow in proportion to d_model.
   Weight decay is part of the update the group's multiplier scales (as with per-group learning
   rates in AdamW), so a hidden matrix's decay per step is lr / r x weight_decay.
 
@@ -54,8 +57,11 @@ def logit_multiplier(spec) -> float | None:
 
 
 def query_multiplier(spec) -> float | None:
-    """An extra factor on the queries: the kernels scale by 1/sqrt(head_dim), mup wants 1/head_dim."""
-    return spec.head_dim ** -0.5 if spec.parametrization == MUP else None
+    """An extra factor on the queries, sqrt(base head_dim / head_dim): with the kernels' 1/sqrt(head_dim)
+    the scores scale as sqrt(base head_dim)/head_dim, standard's scale at the base model."""
+    if spec.parametrization != MUP:
+        return None
+    return ((spec.mup_base_head_dim or spec.head_dim) / spec.head_dim) ** 0.5
 
 
 def group_of(axes: tuple) -> str:

@@ -42,6 +42,7 @@ class ModelSpec:
     remat: str = "none"
     parametrization: str = "standard"  # standard | mup: scalelab/model/parametrization.py
     mup_base_width: int = 256
+    mup_base_head_dim: int = 0  # 0: this model's head_dim
 
     # the architecture's numbers, read through the one shape record
     d_model = property(lambda self: self.shape.d_model)
@@ -80,6 +81,7 @@ class ModelSpec:
             remat=cfg.train.remat,
             parametrization=m.get("parametrization", "standard"),  # run configs from before the key
             mup_base_width=m.get("mup_base_width", 256),
+            mup_base_head_dim=m.get("mup_base_head_dim", 0),
         )
 
 

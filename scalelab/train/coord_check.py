@@ -51,7 +51,8 @@ def spec_for(settings: Settings, width: int, parametrization: str, vocab: int) -
     s = settings
     return ModelSpec.build(seq_len=s.seq_len, d_model=width, n_layers=s.n_layers, n_heads=s.n_heads,
                            n_kv_heads=s.n_heads, d_ff=s.ff_ratio * width, vocab=padded_vocab(vocab, 8),
-                           attention="xla", parametrization=parametrization, mup_base_width=s.base_width)
+                           attention="xla", parametrization=parametrization, mup_base_width=s.base_width,
+                           mup_base_head_dim=s.base_width // s.n_heads)
 
 
 def corpus_batches(settings: Settings, count: int) -> tuple[np.ndarray, int]:

@@ -168,6 +168,29 @@ def test_holdout_predicts_the_best_run_of_the_largest_budget(quickstart_like):
     assert "frontier_rel_error" in row and row["predicts"] == "L(N, D) of the run"
 
 
+def test_with_seeds_the_held_out_target_is_the_best_points_mean(quickstart_like):
+    """Two seeds per point: the target is the lowest *mean* over a point's seeds, not the lowest run."""
+    from scalelab.analysis.approach2 import budget_minimum
+    from scalelab.analysis.fitting import split_largest_budget
+
+    rng = np.random.default_rng(4)
+    seeds = pd.concat([quickstart_like.assign(seed=s) for s in (0, 1)], ignore_index=True)
+    seeds["loss"] = seeds["loss"] * np.exp(rng.normal(0.0, 0.02, len(seeds)))
+    largest = seeds[seeds["budget"] == BUDGETS[-1]]
+    means = largest.groupby(["params", "tokens"])["loss"].mean()
+    _, best, info = split_largest_budget(seeds)
+    assert info["n_repeats"] == 2 and len(best) == 1
+    assert best["loss"].iloc[0] == pytest.approx(means.min())
+    assert (best["params"].iloc[0], best["tokens"].iloc[0]) == means.idxmin()
+    # one size's lucky seed does not make it the budget's minimum: sizes are compared by their mean
+    params = np.repeat([1.0, 2.0, 4.0], 2)
+    loss = np.array([2.0, 2.0, 1.5, 2.3, 1.95, 1.95])   # size 2: one lucky, one unlucky seed (mean 1.9)
+    minimum, reason = budget_minimum(params, 1e6 / params, loss)
+    assert minimum is not None, reason
+    minimum, reason = budget_minimum(params, 1e6 / params, np.array([2.0, 2.0, 1.5, 2.5, 1.9, 1.9]))
+    assert minimum is None and "largest sampled size" in reason
+
+
 # ---------------------------------------------------------------- the report's verdict
 
 def test_report_verdict_on_a_quickstart_like_study(quickstart_like, tmp_path):

@@ -15,7 +15,8 @@ from tests.helpers import REPO
 
 def sweep_command(sweep_dir):
     return [str(REPO / ".venv/bin/scalelab-train"), "--config-dir", "experiments/quickstart", "--config-name", "study",
-            "-m", f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.budgets=[3e10]", "hydra.sweeper.models=[d8,d12]"]
+            "-m", f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.budgets=[3e10]", "hydra.sweeper.models=[d8,d12]",
+            "hydra.sweeper.params={train.seed:0}"]
 
 
 @pytest.mark.slow

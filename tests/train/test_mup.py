@@ -27,8 +27,8 @@ def test_activations_do_not_grow_with_width_under_mup(check):
     assert all(abs(s) < 0.15 for s in mup.values()), mup  # measured: |slope| <= 0.06 (NOTES.md)
     assert standard["logits"] > 0.3, standard  # measured: 0.7-0.9
     assert standard["block0"] > 0.3, standard
-    # at the base width (32) both parametrizations train alike (only the attention scale differs)
-    np.testing.assert_allclose(check["losses"]["mup"]["32"], check["losses"]["standard"]["32"], rtol=0.02)
+    # at the base width (32) mup computes what standard does: same init, scale, multipliers and lr
+    np.testing.assert_allclose(check["losses"]["mup"]["32"], check["losses"]["standard"]["32"], rtol=1e-6)
 
 
 def test_coord_check_figure_and_numbers(check, tmp_path):
@@ -59,6 +59,15 @@ def test_mup_at_its_base_width_initialises_as_standard():
     assert all(jax.tree.leaves(same))
 
 
+def test_mup_attention_scale_is_standards_at_the_base_head_dim():
+    from scalelab.model.parametrization import query_multiplier
+    assert query_multiplier(SPEC) is None  # standard: the kernels' 1/sqrt(head_dim) alone
+    assert query_multiplier(MUP_SPEC) == 1.0  # heads of one size: the scale stays standard's
+    # heads that widen with the model: scores scale as sqrt(base head_dim)/head_dim
+    wide = MUP_SPEC.replace(mup_base_head_dim=MUP_SPEC.head_dim // 4)
+    assert query_multiplier(wide) == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("impl", ["jit", pytest.param("shard_map", marks=pytest.mark.slow)])
 def test_mup_under_fsdp_matches_one_device(impl):
     reference, _ = train_losses(1, 1, 1, devices=jax.devices()[:1], spec=MUP_SPEC)
@@ -73,6 +82,7 @@ def test_mup_under_fsdp_matches_one_device(impl):
     ("model.parametrization=foo", "model.parametrization"),
     ("model.mup_base_width=0", "model.mup_base_width"),
     ("model.mup_base_width=-64", "model.mup_base_width"),
+    ("model.mup_base_head_dim=-8", "model.mup_base_head_dim"),
 ])
 def test_bad_values_fail_before_anything_compiles(override, key, tmp_path):
     cfg = compose_config(TINY + [override])
