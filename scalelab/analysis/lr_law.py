@@ -294,7 +294,7 @@ def law_text(fit: LrLawFit) -> str:
         low_high = ci.get(key)
         return f"{value:.4g}" + (f" [{low_high[0]:.4g}, {low_high[1]:.4g}]" if low_high else "")
 
-    terms = " * ".join([f"N^{law.p:.3f}", f"D^{law.q:.3f}"] + ([f"B^{law.r:.3f}"] if law.r is not None else []))
+    terms = " * ".join(f"{v}^{getattr(law, EXPONENTS[v]):.3f}" for v in fit.over)  # the fitted variables only
     lines = [f"lr* = {law.c:.4g} * {terms}",
              f"  c {num('c', law.c)}"] + [f"  {EXPONENTS[v]} {num(EXPONENTS[v], getattr(law, EXPONENTS[v]))}"
                                           for v in fit.over]
