@@ -75,14 +75,23 @@ def _frontier(fits: dict) -> tuple[dict | None, str]:
     return None, "no determined approach gives a frontier L(C)"
 
 
+def _interval_note(row: dict) -> str:
+    """' (inside/OUTSIDE its 95% prediction interval [lo, hi])' when the held-out row has one."""
+    if "prediction_interval" not in row:
+        return ""
+    low, high = row["prediction_interval"]
+    where = "inside" if row["inside_prediction_interval"] else "OUTSIDE"
+    return f" ({where} its 95% prediction interval [{low:.4f}, {high:.4f}])"
+
+
 def _holdout_line(fits: dict, info: dict) -> str:
     errors = [(a, f.holdout[0]) for a, f in fits.items() if f.holdout]
     if not errors:
         return "- **Held-out error**: none (" + (info.get("reason") or "no held-out check was run") + ")."
     _, run = errors[0]
     name = run.get("model") or f"N = {num(run['params'])}"
-    parts = [f"{LABELS[a]} {100 * row['rel_error']:+.2f}%" + ("" if fits[a].determined else " (not determined)")
-             for a, row in errors]
+    parts = [f"{LABELS[a]} {100 * row['rel_error']:+.2f}%" + _interval_note(row)
+             + ("" if fits[a].determined else " (not determined)") for a, row in errors]
     repeats = int(info.get("n_repeats") or 1)
     target = (f"its best run ({name}, loss {run['loss']:.4f})" if repeats == 1 else
               f"its best point ({name}, mean loss of its {repeats} seeds {run['loss']:.4f})")

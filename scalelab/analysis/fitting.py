@@ -285,7 +285,7 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
             if bootstrap:
                 _bootstrap(result, approach, train, curves, int(bootstrap), seed, options)
                 if len(held) and approach == "3":
-                    mark_intervals(result, held)
+                    mark_intervals(result, held, repeats=int(held_info.get("n_repeats") or 1))
     if delta_rule and result.details is not None:
         result.details["huber_delta_rule"] = delta_rule
     mark(result)

@@ -81,12 +81,18 @@ def allocation_table(result: FitResult) -> str:
 
 
 def holdout_table(result: FitResult) -> str:
-    rows = []
+    rows, intervals = [], any("prediction_interval" in row for row in result.holdout)
     for row in result.holdout:
         name = row.get("model") or row.get("run_dir") or ""
         rows.append([name, num(row["params"]), num(row["tokens"]), num(row["flops"]), f"{row['loss']:.4f}",
                      f"{row['predicted']:.4f}", f"{100 * row['rel_error']:+.2f}%"])
-    return table(["run", "N", "D", "C", "actual loss", "predicted", "relative error"], rows)
+        if intervals:
+            low, high = row.get("prediction_interval") or (math.nan, math.nan)
+            where = ("" if "inside_prediction_interval" not in row else
+                     "inside" if row["inside_prediction_interval"] else "OUTSIDE")
+            rows[-1].append(f"[{low:.4f}, {high:.4f}] {where}".strip())
+    head = ["run", "N", "D", "C", "actual loss", "predicted", "relative error"]
+    return table(head + ["95% prediction interval"] * intervals, rows)
 
 
 def fit_text(result: FitResult) -> str:

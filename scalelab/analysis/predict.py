@@ -51,8 +51,9 @@ def _tails(level: float) -> tuple[float, float]:
     return 100 * (1 - level) / 2, 100 * (1 + level) / 2
 
 
-def intervals_at(fit: dict, data, level: float = LEVEL) -> list[dict]:
-    """One row per point: predicted loss, interval (mean) and prediction_interval (one run)."""
+def intervals_at(fit: dict, data, level: float = LEVEL, repeats: int = 1) -> list[dict]:
+    """One row per point: predicted loss, interval (mean) and prediction_interval (one run, or the
+    mean of ``repeats`` runs: the log-residual scatter shrunk by sqrt(repeats))."""
     form, params, samples = law_and_params(fit)
     table = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
     predicted = np.atleast_1d(form.predict(params, table)) * np.ones(len(table))
@@ -67,7 +68,8 @@ def intervals_at(fit: dict, data, level: float = LEVEL) -> list[dict]:
         if len(draws) >= 2:
             row["interval"] = [float(v) for v in np.percentile(draws[:, j], [low, high])]
             if len(residuals):
-                spread = (draws[:, j][:, None] * np.exp(-residuals)[None, :]).ravel()
+                scatter = np.exp(-residuals / np.sqrt(max(int(repeats), 1)))
+                spread = (draws[:, j][:, None] * scatter[None, :]).ravel()
                 row["prediction_interval"] = [float(v) for v in np.percentile(spread, [low, high])]
         rows.append(row)
     return rows
@@ -87,11 +89,12 @@ def log_residuals(result, table) -> list[float]:
         return [float(v) for v in np.log(np.atleast_1d(result.predict_table(table))) - np.log(table["loss"])]
 
 
-def mark_intervals(result, held) -> None:
-    """Add each held-out run's intervals, and whether its loss falls inside them, to ``result.holdout``."""
+def mark_intervals(result, held, repeats: int = 1) -> None:
+    """Add each held-out run's intervals, and whether its loss falls inside them, to ``result.holdout``
+    (``repeats``: each held-out loss is the mean of that many runs)."""
     fit = {"approach": result.approach, "converged": result.converged, "params": result.params,
            "details": result.details, "bootstrap": result.bootstrap, "message": result.message}
-    rows = intervals_at(fit, held.reset_index(drop=True))
+    rows = intervals_at(fit, held.reset_index(drop=True), repeats=repeats)
     for out, row in zip(result.holdout, rows, strict=True):
         for key in ("interval", "prediction_interval"):
             if key in row:

@@ -105,19 +105,22 @@ def analyse(table_with_attrs: pd.DataFrame, label: str, approaches, bootstrap: i
             study.errors[approach] = str(exc)
             continue
         if study.holdout_k != 0 and study.fits[approach].converged:
-            _holdout(study, data, approach, budgets, seed, options)
+            _holdout(study, data, approach, budgets, seed, options, bootstrap)
     study.verdict = build_verdict(label, study.all_fits(), study.holdout_info)
     return study
 
 
-def _holdout(study: Study, data, approach: str, budgets, seed: int, options: dict) -> None:
-    """Refit without the largest budget (or the top-K runs); its rows go on the main fit."""
+def _holdout(study: Study, data, approach: str, budgets, seed: int, options: dict, bootstrap: int = 0) -> None:
+    """Refit without the largest budget (or the top-K runs); its rows go on the main fit. Approach 3's
+    refit is bootstrapped too, so that each held-out row says whether it lies inside the prediction
+    interval of the law fitted without it."""
     how = {"holdout_budget": True} if study.holdout_k is None else {"holdout_top": study.holdout_k}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             held = fit(data, approach, budgets=budgets, seed=seed, **how,
-                       **{k: v for k, v in options.items() if k in ("n_starts", "delta")})
+                       bootstrap=bootstrap if approach == "3" else 0,
+                       **{k: v for k, v in options.items() if k in ("n_starts", "delta", "bootstrap_starts")})
     except AnalysisError as exc:
         study.holdout[approach] = str(exc)
         study.holdout_info.setdefault("reason", f"{approach}: {exc}")

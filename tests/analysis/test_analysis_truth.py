@@ -206,8 +206,12 @@ def test_report_verdict_on_a_quickstart_like_study(quickstart_like, tmp_path):
     text = (out / "report.md").read_text()
     verdict_text = text[text.index("## Verdict"):text.index("## Conventions")]
     for needle in ("approach 2: determined", "approach 3: determined", "approach 2 vs approach 3", "Frontier",
-                   "L(C) =", "Held-out error", "largest budget"):
+                   "L(C) =", "Held-out error", "largest budget", "95% prediction interval ["):
         assert needle in verdict_text, needle
+    # approach 3's held-out refit is bootstrapped: its row says whether the run lies in its interval
+    (row,) = result.studies[0].fits["3"].holdout
+    low, high = row["prediction_interval"]
+    assert low < row["predicted"] < high and row["inside_prediction_interval"] == (low <= row["loss"] <= high)
     assert "6*(N_matmul + d*V) + 12*L*T*H*hd" in text and "non-embedding" in text
     assert read_verdict(out)[verdict.study].determined("3")
 
@@ -220,7 +224,9 @@ def test_degenerate_studies_are_not_determined(tmp_path):
                                                    overhead=630.0), BUDGETS)
     for name, table, approaches in (("noise", noise, ("2", "3")), ("edge", edge, ("2",))):
         out = tmp_path / name
-        result = report([table], out, approaches=approaches, bootstrap=20, n_starts=300, bootstrap_starts=8)
+        # few resamples and starts: the verdicts rest on the full-data fits (asserted below), whose
+        # 300 starts are kept; each resample still refits, and the jackknife is 20 fits whatever this is
+        result = report([table], out, approaches=approaches, bootstrap=10, n_starts=300, bootstrap_starts=4)
         fits = json.loads((out / "fits.json").read_text())[result.verdict.study]
         text = (out / "report.md").read_text()
         for approach in approaches:
@@ -228,6 +234,9 @@ def test_degenerate_studies_are_not_determined(tmp_path):
             assert not result.verdict.determined(approach)
             assert f"approach {approach}: NOT DETERMINED**: {fits[approach]['reason'][:40]}" in text
         assert "Agreement**: not stated" in text
+        if name == "noise":   # the reasons of the full-data fits, not of the bootstrap
+            assert "only 2 budgets have a bracketed minimum" in fits["2"]["reason"], fits["2"]["reason"]
+            assert "is outside the plausible range" in fits["3"]["reason"], fits["3"]["reason"]
     assert "not bracketed" in fits["2"]["reason"]
 
 
