@@ -80,6 +80,20 @@ def _train_cli(tmp_path, *overrides):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=120), run_dir
 
 
+def _train_main(tmp_path, monkeypatch, capsys, *overrides):
+    """`scalelab-train`'s Hydra main (cli/train.py:main) called in this process, as the console script
+    calls it: (exit code, stderr, run dir). Hydra's logging set-up is off (`none`): it would close and
+    replace pytest's log handlers; the errors asserted on are printed, not logged."""
+    from scalelab.cli.train import main
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["scalelab-train", f"hydra.run.dir={run_dir}", "hydra/job_logging=none",
+                                      "hydra/hydra_logging=none", *overrides])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err, run_dir
+
+
 @pytest.mark.parametrize("override, key", [
     ("data.tokens=0", "data.tokens"),
     ("model.n_layrs=2", "n_layrs"),
@@ -87,10 +101,21 @@ def _train_cli(tmp_path, *overrides):
     ("+model.d_modle=3", "model.d_modle"),
     ("init_from=/nonexistent/run", "init_from=/nonexistent/run"),  # fails after the run dir is locked
 ])
-def test_cli_exits_nonzero_naming_the_key_and_leaves_no_run_files(tmp_path, override, key):
-    proc, run_dir = _train_cli(tmp_path, *override.split())
-    assert proc.returncode != 0
-    assert key in proc.stderr
+def test_train_main_exits_nonzero_naming_the_key_and_leaves_no_run_files(tmp_path, monkeypatch, capsys,
+                                                                         override, key):
+    code, stderr, run_dir = _train_main(tmp_path, monkeypatch, capsys, *override.split())
+    assert code not in (0, None)
+    assert key in stderr
+    assert "Traceback" not in stderr
+    assert not run_dir.exists()
+
+
+def test_cli_exits_nonzero_naming_the_key_and_leaves_no_run_files(tmp_path):
+    """The console script itself, in a process of its own, on the case that fails latest (after the run
+    dir is locked and the model built); the other cases run in-process above."""
+    proc, run_dir = _train_cli(tmp_path, "init_from=/nonexistent/run")
+    assert proc.returncode == 2
+    assert "init_from=/nonexistent/run" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not run_dir.exists()
 
@@ -110,11 +135,12 @@ def test_keys_added_with_a_plus_are_refused_unless_the_group_is_open(override, k
     assert str(err.value).startswith(key) and "did you mean" in str(err.value)
 
 
-def test_a_failed_start_prints_one_error_line_naming_the_data_path(tmp_path):
-    proc, run_dir = _train_cli(tmp_path, "data=prepared", "data.path=/nonexistent/corpus")
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: data.path: /nonexistent/corpus"), proc.stderr
+def test_a_failed_start_prints_one_error_line_naming_the_data_path(tmp_path, monkeypatch, capsys):
+    code, stderr, run_dir = _train_main(tmp_path, monkeypatch, capsys, "data=prepared",
+                                        "data.path=/nonexistent/corpus")
+    assert code == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: data.path: /nonexistent/corpus"), stderr
     assert not run_dir.exists()
 
 

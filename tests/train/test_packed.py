@@ -14,7 +14,7 @@ from scalelab.sweep.packed import Job, run_jobs
 from scalelab.train.build import build_run
 from scalelab.train.run import fit
 from scalelab.train.runlog import read_metrics, read_summary
-from tests.helpers import REPO, TINY, compose_config
+from tests.helpers import REPO, TINY, compose_config, finish, jax_cache_env
 
 PACKED = TINY + ["data.tokens=4096"]  # 16 steps of a tiny model
 
@@ -60,9 +60,18 @@ def test_a_diverging_member_is_frozen_while_its_siblings_complete(tmp_path):
 
 
 def sweep_command(sweep_dir, *extra):
+    """4 members of the tiny model, 32 steps each, a checkpoint every 8."""
     return [sys.executable, "-c", "from scalelab.cli.entry import train; train()", "-m", "hydra/launcher=packed",
-            *TINY, "model.d_model=64", "model.d_ff=128", "data.seq_len=64", "data.tokens=20480",
-            "checkpoint.every=8", "optimizer.lr=3e-3,1e-2", "train.seed=0,1", f"hydra.sweep.dir={sweep_dir}", *extra]
+            *TINY, "data.tokens=8192", "checkpoint.every=8", "optimizer.lr=3e-3,1e-2", "train.seed=0,1",
+            f"hydra.sweep.dir={sweep_dir}", *extra]
+
+
+def sweep_env() -> dict:
+    """Two devices, and the shared compilation cache for every program (the packed launcher does not
+    lower the cache's 1 s threshold itself, as `run` does): the relaunch loads what the first launch
+    compiled, the same executables."""
+    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **jax_cache_env(),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
 def member_losses(sweep_dir):
@@ -72,11 +81,11 @@ def member_losses(sweep_dir):
 
 @pytest.mark.slow
 def test_kill9_of_a_packed_sweep_resumes_every_member_bitwise(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = sweep_env()
     straight = tmp_path / "straight"
     subprocess.run(sweep_command(straight), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     expected = member_losses(straight)
-    assert len(expected) == 4 and all(len(v) == 40 for v in expected.values())
+    assert len(expected) == 4 and all(len(v) == 32 for v in expected.values())
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(sweep_command(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -99,19 +108,28 @@ def test_kill9_of_a_packed_sweep_resumes_every_member_bitwise(tmp_path):
 def test_groups_of_two_models_train_side_by_side_one_per_device(tmp_path):
     """With as many groups as devices, each device trains its own group (lanes), and every member
     still trains as it does alone."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = sweep_env()
+    # the solo run: one of the members, alone in a process of one device (its own programs, not the
+    # packed ones), trained meanwhile
+    solo = tmp_path / "solo"
+    alone = subprocess.Popen([sys.executable, "-c", "from scalelab.cli.entry import train; train()", *TINY,
+                              "model.d_model=48", "optimizer.lr=1e-2", f"hydra.run.dir={solo}"], cwd=REPO,
+                             env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     cmd = [sys.executable, "-c", "from scalelab.cli.entry import train; train()", "-m", "hydra/launcher=packed",
            *TINY, "model.d_model=32,48", "optimizer.lr=3e-3,1e-2", f"hydra.sweep.dir={tmp_path / 'lanes'}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        code, err = finish(alone)  # killed if the sweep failed to finish
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert code == 0 and read_summary(solo)["status"] == "completed", err[-3000:]
     out = proc.stdout + proc.stderr
     assert "on cpu:0" in out and "on cpu:1" in out
     runs = [d for d in (tmp_path / "lanes").iterdir() if (d / "summary.json").exists()]
     assert len(runs) == 4 and all(read_summary(d)["status"] == "completed" for d in runs)
     config = lambda d: read_summary(d)["config"]
     one = next(d for d in runs if config(d)["model"]["d_model"] == 48 and config(d)["optimizer"]["lr"] == 1e-2)
-    solo = tmp_path / "solo"
-    fit(build_run(compose_config(TINY + ["model.d_model=48", "optimizer.lr=1e-2"]), solo, jax.devices()[:1]), False)
     np.testing.assert_allclose(train_losses(one), train_losses(solo), rtol=1e-4)
 
 
