@@ -86,6 +86,8 @@ def run_jobs(jobs: list[Job], max_members: int = 0, steps_per_call: int | None =
     from scalelab.runtime import distributed
     from scalelab.train.preemption import PreemptionGuard
 
+    if jax.config.jax_compilation_cache_dir:  # as a solo run does: cache every program, however small,
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # so a relaunch loads them
     built = {}
     for job in jobs:
         try:
