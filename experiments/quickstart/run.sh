@@ -10,6 +10,6 @@ SCALELAB_HOST_DEVICES=${SCALELAB_HOST_DEVICES:-$(nproc)} .venv/bin/scalelab-trai
     --config-dir experiments/quickstart --config-name study -m "hydra.sweep.dir=$out" "$@"
 .venv/bin/scalelab status "$out"
 .venv/bin/scalelab analyze report "$out" -o "$out/report" --bootstrap "${QUICKSTART_BOOTSTRAP:-50}" \
-    --huber-delta auto
+    --huber-delta auto --law auto
 echo
 echo "report: $out/report/report.md (figures beside it)"

@@ -66,7 +66,10 @@ def _frontier(fits: dict) -> tuple[dict | None, str]:
         if f is not None and f.determined and f.frontier and all(
                 math.isfinite(f.frontier[k]) for k in ("E", "A", "gamma")):
             fr = f.frontier
-            text = (f"L(C) = {num(fr['E'])} + {num(fr['A'])} * C^-{fr['gamma']:.4f}, {source}"
+            if approach == "3" and fr["E"] == 0.0:   # a law without a floor (Kaplan's L(N, D))
+                source = source.replace("E + K*C^-gamma (E from L(N, D); ", "K*C^-gamma (the law has no floor; ")
+            floor = f"{num(fr['E'])} + " if fr["E"] != 0.0 else ""
+            text = (f"L(C) = {floor}{num(fr['A'])} * C^-{fr['gamma']:.4f}, {source}"
                     + (f", over C from {num(f.details['allocation_range'][0])} to "
                        f"{num(f.details['allocation_range'][1])}" if approach == "3" else ""))
             if "bound" in str(f.details.get("frontier_note", "")):

@@ -37,6 +37,7 @@ OPTIONS = {
 }
 INTERNAL = {"2": {"fpt"}, "3": {"fpt", "flops_range"}}   # passed by fit itself, not by users
 DEFAULT_BOOTSTRAP_STARTS = 32
+AUTO_LAWS = ("chinchilla", "kaplan")   # law="auto" (approach 3) chooses between these by AIC
 
 
 def normalize_approach(approach) -> str:
@@ -266,6 +267,7 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
     table, curves = split_curves(load_table(table), curves)
     budgets = parse_budgets(budgets) or default_budgets(table)
     train, held, held_info = _split(table, holdout_top, holdout_budget, options)
+    options, selection = _select_law(approach, table, train, seed, options)
     options = _shared_c(approach, table, _resolve_law(approach, options))
     options, delta_rule = _resolve_delta(approach, train, options)
     with warnings.catch_warnings(record=True) as caught:
@@ -288,6 +290,8 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
                     mark_intervals(result, held, repeats=int(held_info.get("n_repeats") or 1))
     if delta_rule and result.details is not None:
         result.details["huber_delta_rule"] = delta_rule
+    if selection and result.details is not None:
+        result.details["law_selection"] = selection
     mark(result)
     result.warnings = [str(w.message) for w in caught]
     for w in caught:   # pass them on to the caller as well
@@ -307,6 +311,44 @@ def _resolve_delta(approach: str, train: pd.DataFrame, options: dict) -> tuple[d
             return fit_law(table, options["law"], fixed=options.get("fix"), **opts)
     delta, rule = auto_delta(train, fitter, **first)
     return dict(options, delta=delta), rule
+
+
+def _select_law(approach: str, table, train, seed: int, options: dict) -> tuple[dict, dict | None]:
+    """``law="auto"``: fit each law of ``AUTO_LAWS`` to the runs fitted (never the held-out ones) and keep
+    the one of lowest AIC, n*log(mean squared log residual) + 2*(free parameters); the bootstrap then
+    resamples the chosen law (its intervals are conditional on the choice)."""
+    if approach != "3" or options.get("law") != "auto":
+        return options, None
+    if options.get("fix"):
+        raise AnalysisError("law auto chooses between laws with different parameters: pin them (fix) "
+                            "with one named law instead")
+    candidates = {}
+    for name in AUTO_LAWS:
+        opts = _shared_c(approach, table, _resolve_law(approach, dict(options, law=name)))
+        opts, _ = _resolve_delta(approach, train, opts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                result = _fit_once(approach, train, None, seed, opts)
+            except AnalysisError as exc:
+                candidates[name] = {"fitted": False, "reason": str(exc)}
+                continue
+        if not result.converged:
+            candidates[name] = {"fitted": False, "reason": result.message}
+            continue
+        residuals = np.asarray(log_residuals(result, train), dtype=float)
+        free = len(BUILTIN[name].parameters) - len(options.get("fix") or {})
+        candidates[name] = {"fitted": True, "free_parameters": free, "a": result.a, "b": result.b, "rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
+                            "aic": float(len(residuals) * np.log(np.mean(residuals ** 2)) + 2 * free)}
+    fitted = {k: v for k, v in candidates.items() if v["fitted"]}
+    if not fitted:
+        raise AnalysisError("law auto: no candidate law could be fitted (" + "; ".join(
+            f"{k}: {v['reason']}" for k, v in candidates.items()) + ")")
+    chosen = min(fitted, key=lambda k: fitted[k]["aic"])
+    selection = {"chosen": chosen, "candidates": candidates, "n_runs": len(train),
+                 "rule": "lowest AIC, n*log(mean squared log residual) + 2*(free parameters), over the runs "
+                         "fitted (held-out runs never take part); intervals are conditional on the choice"}
+    return dict(options, law=chosen), selection
 
 
 def _resolve_law(approach: str, options: dict) -> dict:

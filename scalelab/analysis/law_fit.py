@@ -24,6 +24,7 @@ from .bootstrap import LEVEL, MAX_JACKKNIFE_GROUPS
 from .conventions import base_conventions
 from .flops_model import flops_per_token_model
 from .law_forms import CHINCHILLA_NAMES, LawForm
+from .optimum import Allocator, allocation_laws
 from .result import FitResult
 
 BOUND_PENALTY = 1e2
@@ -161,6 +162,8 @@ def law_result(objective: LawObjective, theta, table, k, fpt, flops_range, conve
         result.frontier = {key: params[name] for key, name in form.frontier.items()}
     if not converged or not form.allocates:
         return result
+    if not set(CHINCHILLA_NAMES) <= set(params):
+        return _allocate_any(result, form, values, table, k, fpt, flops_range)
     if not (params["alpha"] > 1e-6 and params["beta"] > 1e-6 and np.isfinite([params[n] for n in CHINCHILLA_NAMES]).all()):
         result.converged = False
         result.message = (f"law {form.name!r}: the best fit is degenerate (alpha = {params['alpha']:.3g}, "
@@ -172,6 +175,36 @@ def law_result(objective: LawObjective, theta, table, k, fpt, flops_range, conve
     details["k"] = float(k) if k is not None else float(np.median(table["flops"] / (table["params"] * table["tokens"])))
     details["k_note"] = "k = flops/(N*D): given, or the table's median for reference; the allocation uses C(N, D)"
     _allocate(result, fpt, flops_range or (table["flops"].min(), table["flops"].max()))
+    return result
+
+
+def _allocate_any(result: FitResult, form: LawForm, values: dict, table, k, fpt, flops_range) -> FitResult:
+    """The compute-optimal allocation of a law of N and D without the Chinchilla terms (found numerically
+    under the same C(N, D) as approach 3's); its frontier is written over the form's floor (0 without one)."""
+    exponents = {name: v for name, v in result.params.items() if name.startswith("alpha")}
+    if not all(np.isfinite(v) and v > 1e-6 for v in exponents.values()):
+        result.converged = False
+        result.message = (f"law {form.name!r}: the best fit is degenerate ({', '.join(f'{n} = {v:.3g}' for n, v in exponents.items())}); "
+                          "no compute-optimal allocation follows from it")
+        return result
+    fpt = flops_per_token_model(table, k) if k is not None or fpt is None else fpt
+    result.conventions["C(N, D)"] = fpt.describe()
+    result.details["flops_per_token"] = fpt.to_dict()
+    floor = float(values[form.floor]) if form.floor else 0.0
+
+    def loss_fn(n, d):
+        return form.predict(values, {"params": n, "tokens": d})
+
+    laws = allocation_laws(values, fpt, flops_range or (table["flops"].min(), table["flops"].max()), loss_fn, floor)
+    result.a, result.b, result.G, result.H = laws["a"], laws["b"], laws["G"], laws["H"]
+    result.frontier = laws["frontier"]
+    result.allocate = Allocator(values, fpt, loss_fn)
+    result.details.update({
+        "allocation_range": laws["flops_range"], "interior_optimum": laws["interior"],
+        "exponents_note": ("a, b: slopes of log N_opt, log D_opt vs log C over the allocation range, with "
+                           "N_opt minimising the law's L(N, C/f(N)) numerically; frontier: "
+                           f"{'the floor ' + form.floor if form.floor else '0 (the law has no floor)'} "
+                           "+ K*C^-gamma fitted to the loss along that optimal allocation")})
     return result
 
 

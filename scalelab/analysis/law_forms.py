@@ -65,7 +65,8 @@ class Parameter:
 class LawForm:
     """A law: ``expression`` in ``parameters`` and variables; ``derived`` adds reported parameters
     (expressions of the fitted ones); ``min_distinct`` is how many distinct values each variable
-    needs; ``allocates`` says whether the compute-optimal allocation of the Chinchilla names applies."""
+    needs; ``allocates`` says whether a compute-optimal allocation follows (in closed form for the
+    Chinchilla names, numerically for other laws of N and D); ``floor`` names the loss at unbounded N, D."""
 
     name: str
     expression: str
@@ -75,6 +76,7 @@ class LawForm:
     min_distinct: dict = field(default_factory=dict)
     allocates: bool = False
     frontier: dict | None = None          # reported frontier L(C) = E + A*C^-gamma: names of parameters
+    floor: str | None = None              # the parameter the loss tends to as N, D grow without bound
     source: str = "built-in"
     note: str = ""
     prepare: object = field(default=None, compare=False, repr=False)   # data -> extra variables
@@ -196,18 +198,18 @@ class DataConstrainedForm(LawForm):
 
 def _builtins() -> dict:
     chinchilla = LawForm("chinchilla", "E + A / N**alpha + B / D**beta", _chinchilla_parameters(),
-                         allocates=True)
+                         allocates=True, floor="E")
     tied = LawForm("tied", "E + (A + B * M**-alpha) * N**-alpha", _chinchilla_parameters(("alpha",)),
-                   derived={"beta": "alpha"}, allocates=True)
+                   derived={"beta": "alpha"}, allocates=True, floor="E")
     scale_grid = (5.0, 15.0, 25.0, 35.0)
     kaplan = LawForm("kaplan", "((Nc / N)**(alpha_N / alpha_D) + Dc / D)**alpha_D",
                      (Parameter("Nc", "log", scale_grid), Parameter("Dc", "log", scale_grid),
                       Parameter("alpha_N", "linear", (0.05, 0.1, 0.3, 0.6), (0.0, None)),
-                      Parameter("alpha_D", "linear", (0.05, 0.1, 0.3, 0.6), (1e-4, None))))
+                      Parameter("alpha_D", "linear", (0.05, 0.1, 0.3, 0.6), (1e-4, None))), allocates=True)
     constrained = DataConstrainedForm(
         "data-constrained", "E + A / N**alpha + B / (U + U * R_star * (1 - exp(-R / R_star)))**beta",
         _chinchilla_parameters() + (Parameter("R_star", "log", (np.log(3.0), np.log(30.0))),),
-        allocates=True, prepare=epochs_variables,
+        allocates=True, floor="E", prepare=epochs_variables,
         note="the compute-optimal allocation assumes fresh data (one epoch: D' = D)")
     envelope = LawForm("envelope", "Linf + A * C**-alpha",
                        (Parameter("Linf", "log", (-1.0, 0.0, 1.0)), Parameter("A", "log", (0.0, 5.0, 10.0, 20.0)),

@@ -275,8 +275,12 @@ def approach3_residuals(table: pd.DataFrame, fit3: FitResult) -> Figure:
         ax.set_ylabel("Residual (actual - fit) / fit (%)")
         _colorbar(fig, points, ax, clabel)
     p = fit3.params
-    fig.suptitle(f"Approach 3 residuals: L = {p['E']:.3g} + {p['A']:.3g}/N^{p['alpha']:.3f} + "
-                 f"{p['B']:.3g}/D^{p['beta']:.3f}  (RMS {np.sqrt(np.mean(residual ** 2)):.2f}%)", fontsize=10)
+    law = (fit3.details or {}).get("law")
+    if law and law.get("name") != "chinchilla":
+        text = f"{law['name']} law, " + ", ".join(f"{k} = {v:.3g}" for k, v in p.items())
+    else:
+        text = f"L = {p['E']:.3g} + {p['A']:.3g}/N^{p['alpha']:.3f} + {p['B']:.3g}/D^{p['beta']:.3f}"
+    fig.suptitle(f"Approach 3 residuals: {text}  (RMS {np.sqrt(np.mean(residual ** 2)):.2f}%)", fontsize=10)
     return fig
 
 

@@ -76,10 +76,12 @@ class ReportResult:
         return next(iter(self.verdicts.values()), None)
 
 
-def _options(approach: str, n_starts, bootstrap_starts, delta=None) -> dict:
+def _options(approach: str, n_starts, bootstrap_starts, delta=None, law=None) -> dict:
     if approach != "3":
         return {}
     options = {} if delta is None else {"delta": delta}
+    if law is not None:
+        options["law"] = law
     if n_starts is not None:
         options["n_starts"] = n_starts
     if bootstrap_starts is not None:
@@ -88,7 +90,7 @@ def _options(approach: str, n_starts, bootstrap_starts, delta=None) -> dict:
 
 
 def analyse(table_with_attrs: pd.DataFrame, label: str, approaches, bootstrap: int, holdout_top, budgets,
-            seed: int, n_starts=None, bootstrap_starts=None, delta=None) -> Study:
+            seed: int, n_starts=None, bootstrap_starts=None, delta=None, law=None) -> Study:
     """Fit each approach on one study's runs, plus the held-out check, and build the verdict."""
     table, curves = split_curves(table_with_attrs)
     counts = table_with_attrs.attrs.get("run_counts") or {INCLUDED_STATUS: len(table)}
@@ -98,7 +100,7 @@ def analyse(table_with_attrs: pd.DataFrame, label: str, approaches, bootstrap: i
     if curves is not None:
         data.attrs["curves"] = curves
     for approach in approaches:
-        options = _options(approach, n_starts, bootstrap_starts, delta)
+        options = _options(approach, n_starts, bootstrap_starts, delta, law)
         try:
             study.fits[approach] = fit(data, approach, bootstrap=bootstrap, budgets=budgets, seed=seed, **options)
         except AnalysisError as exc:
@@ -120,7 +122,7 @@ def _holdout(study: Study, data, approach: str, budgets, seed: int, options: dic
             warnings.simplefilter("ignore")
             held = fit(data, approach, budgets=budgets, seed=seed, **how,
                        bootstrap=bootstrap if approach == "3" else 0,
-                       **{k: v for k, v in options.items() if k in ("n_starts", "delta", "bootstrap_starts")})
+                       **{k: v for k, v in options.items() if k in ("n_starts", "delta", "bootstrap_starts", "law")})
     except AnalysisError as exc:
         study.holdout[approach] = str(exc)
         study.holdout_info.setdefault("reason", f"{approach}: {exc}")
@@ -202,7 +204,7 @@ def _why(study: Study, approach: str) -> str:
 @blas_single_threaded
 def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, holdout_top=None, budgets=None,
            seed: int = 0, pool: bool = False, n_starts=None, bootstrap_starts=None,
-           delta=None) -> ReportResult:
+           delta=None, law=None) -> ReportResult:
     """Write figures (PNG, SVG, PDF), fits.json, verdict.json, runs.csv and report.md into ``out_dir``.
 
     inputs: sweep directories, table files or DataFrames (one or several).
@@ -210,6 +212,7 @@ def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, hol
     out the K largest-compute runs instead; 0: no held-out check.
     n_starts / bootstrap_starts: approach-3 starts for the main fit / each bootstrap resample.
     delta: approach 3's Huber delta (a number, or "auto"; default the published 1e-3).
+    law: approach 3's law form (``fitting.fit``'s ``law``: a name, a file, or "auto"; default chinchilla).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +222,7 @@ def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, hol
     if budgets is None and len(loaded) > 1:
         budgets = sorted(set().union(*(default_budgets(t) for t, _ in loaded)))
     studies = [analyse(t, label, approaches, bootstrap, holdout_top, budgets, seed, n_starts, bootstrap_starts,
-                       delta)
+                       delta, law)
                for t, label in loaded]
     result = ReportResult(report=out_dir / "report.md", studies=studies, runs=_write_runs(studies, out_dir))
     figures = {}

@@ -101,8 +101,8 @@ def _summary_row(approach: str, f: FitResult) -> list[str]:
     fitted = f"{b['succeeded']}/{b['requested']}" if b else "none"
     held = f"{100 * f.holdout[0]['rel_error']:+.2f}%" if f.holdout else "n/a"
     if not f.converged:
-        return [APPROACH_NAMES[approach], status, "n/a", "n/a", fitted, held]
-    return [APPROACH_NAMES[approach], status, exponent_ci(f.a, f.ci.get("a")), exponent_ci(f.b, f.ci.get("b")),
+        return [f.title, status, "n/a", "n/a", fitted, held]
+    return [f.title, status, exponent_ci(f.a, f.ci.get("a")), exponent_ci(f.b, f.ci.get("b")),
             fitted, held]
 
 
@@ -122,6 +122,18 @@ def _study_section(study, figures) -> list[str]:
     return lines
 
 
+def _law_choice_lines(f: FitResult) -> list[str]:
+    """How approach 3's law form was chosen (``law="auto"``): each candidate's AIC on the runs fitted."""
+    sel = f.details.get("law_selection")
+    if not sel:
+        return []
+    rows = [[name, "yes" if name == sel["chosen"] else "", str(c["free_parameters"]),
+             f"{100 * c['rms_log_residual']:.2f}%", f"{c['aic']:.1f}", f"{c['a']:.4f}"] if c["fitted"]
+            else [name, "", "", c["reason"], "", ""] for name, c in sel["candidates"].items()]
+    return [f"The law form was chosen by the data: {sel['rule']} ({sel['n_runs']} runs).", "",
+            table(["law", "chosen", "free parameters", "RMS log residual", "AIC", "a (point estimate)"], rows), ""]
+
+
 def _method_lines(f: FitResult) -> list[str]:
     d = f.details
     if f.approach == "3":
@@ -130,8 +142,9 @@ def _method_lines(f: FitResult) -> list[str]:
             "residual_sigma" in d["huber_delta_rule"] else (f" ({rule})" if rule else " (the published value)")
         return [f"Objective (sum of Huber losses, delta = {d['huber_delta']:.3g}{chosen}): {d['objective']:.6g}, the best "
                 f"of {d['n_starts']} L-BFGS starts; {d['n_reached_best']} starts reached it "
-                f"({d['best_tolerance']}). The allocation minimises L(N, D) under C = f(N)*D; under a constant "
-                f"C = k*N*D the same law would give a = {d.get('a_under_constant_k', float('nan')):.4f}.", ""]
+                f"({d['best_tolerance']}). The allocation minimises L(N, D) under C = f(N)*D"
+                + (f"; under a constant C = k*N*D the same law would give a = {d['a_under_constant_k']:.4f}."
+                   if "a_under_constant_k" in d else " (numerically: this law has no closed form)."), ""]
     if f.approach == "2":
         lines = [f"Budgets from {d['budgets_from']}; {len(d['minima'])} used, {len(d['dropped_budgets'])} "
                  f"dropped; parabola fitted to the {d['window']} sizes nearest each budget's minimum.", ""]
@@ -169,12 +182,12 @@ def _holdout_lines(study, approach: str, f: FitResult) -> list[str]:
 
 def _approach_section(study, approach: str) -> list[str]:
     f = study.fits[approach]
-    lines = [f"### {APPROACH_NAMES[approach]}", ""]
+    lines = [f"### {f.title}", ""]
     if not f.converged:
         return lines + [f"**The fit did not converge**: {f.message}. No numbers are reported.", ""]
     if f.status != DETERMINED:
         lines += [f"**NOT DETERMINED**: {f.reason}. The numbers below are diagnostics, not results.", ""]
-    lines += [parameters_table(f), ""] + _method_lines(f)
+    lines += _law_choice_lines(f) + [parameters_table(f), ""] + _method_lines(f)
     lines += ["Compute-optimal allocation:", "", allocation_table(f), ""]
     lines += _holdout_lines(study, approach, f)
     if f.bootstrap:

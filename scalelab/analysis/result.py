@@ -76,7 +76,7 @@ class FitResult:
     def title(self) -> str:
         law = (self.details or {}).get("law")
         if self.approach == "3" and law:
-            return f"parametric fit of law {law['name']!r}: L = {law['expression']}"
+            return f"Chinchilla approach 3 with the {law['name']} law: parametric fit L(N, D) = {law['expression']}"
         return APPROACH_NAMES.get(self.approach, self.approach)
 
     @property

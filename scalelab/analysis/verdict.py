@@ -44,25 +44,35 @@ def _degenerate(result: FitResult) -> list[str]:
         value = getattr(result, key)
         if not (_finite(value) and low <= value <= high):
             reasons.append(f"{key} = {value:.3g} is outside the plausible range [{low}, {high}]")
-    if result.approach == "3" and not result.allocates:   # a law form without the Chinchilla terms
-        return reasons + [f"{key} = {result.params[key]:.3g} is outside the plausible range (0, 3)"
-                          for key in ("alpha",) if key in result.params
-                          and not (_finite(result.params[key]) and 0 < result.params[key] < 3)]
     if result.approach == "3":
-        p, d = result.params, result.details
-        for key in ("alpha", "beta"):
-            if not (_finite(p[key]) and LAW_EXPONENT_RANGE[0] < p[key] < LAW_EXPONENT_RANGE[1]):
-                reasons.append(f"{key} = {p[key]:.3g} is outside the plausible range (0, 3)")
+        reasons += _law_degenerate(result)
+    if result.approach == "2" and len(result.details.get("minima", [])) < MIN_BUDGETS:
+        reasons.append(f"only {len(result.details['minima'])} budgets have a bracketed minimum: a power law "
+                       f"through them needs at least {MIN_BUDGETS} to be checked")
+    return reasons
+
+
+def _exponents(params: dict) -> tuple:
+    """The exponents of a law: alpha and beta of Chinchilla's names, else every alpha* parameter."""
+    if {"alpha", "beta"} <= set(params):
+        return ("alpha", "beta")
+    return tuple(k for k in params if k.startswith("alpha"))
+
+
+def _law_degenerate(result: FitResult) -> list[str]:
+    p, d = result.params, result.details
+    reasons = [f"{key} = {p[key]:.3g} is outside the plausible range (0, 3)" for key in _exponents(p)
+               if not (_finite(p[key]) and LAW_EXPONENT_RANGE[0] < p[key] < LAW_EXPONENT_RANGE[1])]
+    if not result.allocates:
+        return reasons
+    if {"A", "B", "E"} <= set(p):
         for key in ("A", "B"):
             if not (_finite(p[key]) and p[key] <= COEFFICIENT_LIMIT):
                 reasons.append(f"{key} = {p[key]:.3g} is beyond any data scale (> {COEFFICIENT_LIMIT:.0e})")
         if p["E"] < E_FLOOR * d.get("loss_min", 1.0):
             reasons.append(f"E = {p['E']:.3g} is at its lower limit (0): the law has no floor")
-        if d.get("interior_optimum") is False:
-            reasons.append("the loss has no interior compute-optimal N over the study's compute range")
-    if result.approach == "2" and len(result.details.get("minima", [])) < MIN_BUDGETS:
-        reasons.append(f"only {len(result.details['minima'])} budgets have a bracketed minimum: a power law "
-                       f"through them needs at least {MIN_BUDGETS} to be checked")
+    if d.get("interior_optimum") is False:
+        reasons.append("the loss has no interior compute-optimal N over the study's compute range")
     return reasons
 
 
@@ -74,8 +84,7 @@ def _unstable(result: FitResult) -> list[str]:
     if b["succeeded"] < MIN_FITTED_FRACTION * b["requested"]:
         reasons.append(f"only {b['succeeded']} of {b['requested']} bootstrap resamples fitted "
                        f"(needs {MIN_FITTED_FRACTION:.0%})")
-    keys = (("a", "b") if result.allocates else ()) + tuple(
-        k for k in ("alpha", "beta") if result.approach == "3" and k in result.params)
+    keys = (("a", "b") if result.allocates else ()) + (_exponents(result.params) if result.approach == "3" else ())
     for key in keys:
         value = result.params.get(key, getattr(result, key, None))
         low, high = result.ci.get(key, (None, None))

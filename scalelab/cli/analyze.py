@@ -108,8 +108,8 @@ def _add_fit_and_compare(subparsers) -> None:
                    help="the law form (approach 3): chinchilla (default) E + A/N^alpha + B/D^beta; tied (one "
                         "exponent, in N and tokens per parameter M); kaplan [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D; "
                         "data-constrained (effective data after repeated epochs; needs a column unique_tokens or "
-                        "epochs); envelope Linf + A*C^-alpha; or a law file (.yaml: expression, parameters with "
-                        "scale, bounds and grid)")
+                        "epochs); envelope Linf + A*C^-alpha; auto (the lower AIC of chinchilla and kaplan on the "
+                        "runs fitted); or a law file (.yaml: expression, parameters with scale, bounds and grid)")
     p.add_argument("--fix", action="append", default=None, metavar="NAME=VALUE",
                    help="pin a parameter of the law (repeatable or comma-separated, e.g. --fix E=1.6)")
     _add_best_only(p)
@@ -196,6 +196,9 @@ def _add_report(subparsers) -> None:
     p.add_argument("--budgets", default=None, metavar="C1,C2,...",
                    help="FLOP budgets for the allocation tables (default: the data's budgets or a decade grid)")
     _add_search_options(p)
+    p.add_argument("--law", default=None, metavar="NAME|FILE",
+                   help="approach 3's law form, as for `fit --law` (default chinchilla), or auto: the lower AIC of "
+                        "chinchilla and kaplan on the runs fitted (the held-out refit chooses again without them)")
     p.add_argument("--pool", action="store_true", help="pool all inputs into one study instead of comparing them")
     _add_best_only(p)
     p.set_defaults(func=run_report)
@@ -469,7 +472,8 @@ def run_report(args) -> int:
         inputs = [_best_only(args, load_inputs(source)[0]) for source in inputs]
     result = report(inputs, args.out, approaches=approaches, bootstrap=args.bootstrap,
                     holdout_top=args.holdout_top, budgets=args.budgets, seed=args.seed, pool=args.pool,
-                    n_starts=args.n_starts, bootstrap_starts=args.bootstrap_starts, delta=args.huber_delta)
+                    n_starts=args.n_starts, bootstrap_starts=args.bootstrap_starts, delta=args.huber_delta,
+                    law=args.law)
     print(f"wrote {result.report}, fits.json, verdict.json, runs.csv and {len(result.figures)} figure files")
     for verdict in result.verdicts.values():
         print(f"verdict{'' if len(result.verdicts) == 1 else ' (' + verdict.study + ')'}:")

@@ -179,3 +179,36 @@ def test_bounded_law_file_keeps_its_bounds(tmp_path):
     table = sy.law_runs("chinchilla", CHINCHILLA, sy.design_runs(SIZES, TOKENS), seed=6)
     result = fit(table, "3", n_starts=200, law=str(path))
     assert result.converged and result.params["alpha"] == pytest.approx(0.36, abs=1e-9)
+
+
+def test_kaplan_law_allocates_its_compute_optimum_numerically():
+    """Kaplan's L(N, D) has no closed-form optimum in scalelab's code: under C = 6*N*D its numerical
+    allocation must give the analytic a = alpha_D / (alpha_N + alpha_D) of its own fitted parameters."""
+    truth, runs, options, _ = CASES["kaplan"]
+    table = sy.law_runs("kaplan", truth, runs, noise=0.01, seed=1)
+    result = fit(table, "3", law="kaplan", delta=0.02, **options)
+    p = result.params
+    assert result.status == "determined", result.reason
+    assert abs(result.a - p["alpha_D"] / (p["alpha_N"] + p["alpha_D"])) < 2e-3
+    assert abs(result.a + result.b - 1.0) < 2e-3                       # C = 6*N*D: N_opt * D_opt grows as C
+    assert result.frontier["E"] == 0.0 and result.frontier["gamma"] > 0
+    c = 1e21
+    n_opt, d_opt = float(result.n_opt(c)), float(result.d_opt(c))
+    law_at = float(result.predict_table({"params": [n_opt], "tokens": [d_opt]})[0])
+    assert abs(float(result.loss_opt(c)) - law_at) < 1e-9
+    for shift in (0.8, 1.25):   # a minimum: other splits of the same C do worse
+        assert float(result.predict_table({"params": [n_opt * shift], "tokens": [d_opt / shift]})[0]) > law_at
+
+
+@pytest.mark.parametrize("law", ["chinchilla", "kaplan"])
+def test_law_auto_picks_the_law_that_made_the_data(law):
+    truth, runs, options, _ = CASES[law]
+    table = sy.law_runs(law, truth, runs, noise=0.01, seed=2)
+    result = fit(table, "3", law="auto", delta=0.02, holdout_top=3)
+    selection = result.details["law_selection"]
+    assert selection["chosen"] == law, selection
+    assert selection["n_runs"] == len(table) - 3                      # the held-out runs take no part
+    assert set(selection["candidates"]) == {"chinchilla", "kaplan"}
+    assert result.details.get("law", {"name": "chinchilla"})["name"] == law
+    with pytest.raises(AnalysisError, match="law auto"):
+        fit(table, "3", law="auto", fix={"E": 1.7})

@@ -73,7 +73,7 @@ def test_cli_fit_law_then_predict(tmp_path, capsys):
     assert main(["fit", str(path), "--law", "data-constrained", "--fix", "E=1.69", "--fix", "R_star=15.4",
                  "--n-starts", "60", "--bootstrap", "20", "--bootstrap-starts", "1", "--json", str(fit_json)]) == 0
     out = capsys.readouterr().out
-    assert "law 'data-constrained'" in out and "E        = 1.69 (fixed)" in out
+    assert "data-constrained law" in out and "E        = 1.69 (fixed)" in out
     saved = json.loads(fit_json.read_text())
     assert saved["details"]["law"]["fixed"] == {"E": 1.69, "R_star": 15.4}
     points = tmp_path / "points.csv"

@@ -59,6 +59,8 @@ def test_reduced_quickstart_study_end_to_end(tmp_path):
         else:
             assert fit["ci"]["a"][0] <= fit["a"] <= fit["ci"]["a"][1]
             assert fit["bootstrap"]["succeeded"] >= 0.8 * fit["bootstrap"]["requested"] == 16
+    selection = fits["3"]["details"]["law_selection"]   # run.sh lets the data choose approach 3's law
+    assert selection["chosen"] in ("chinchilla", "kaplan") and "law form was chosen by the data" in text
     runs = pd.read_csv(rep / "runs.csv")
     assert len(runs) == len(summaries) and {"lr", "seed", "seq_len", "wall_seconds", "status"} <= set(runs)
 
