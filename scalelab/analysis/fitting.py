@@ -322,24 +322,7 @@ def _select_law(approach: str, table, train, seed: int, options: dict) -> tuple[
     if options.get("fix"):
         raise AnalysisError("law auto chooses between laws with different parameters: pin them (fix) "
                             "with one named law instead")
-    candidates = {}
-    for name in AUTO_LAWS:
-        opts = _shared_c(approach, table, _resolve_law(approach, dict(options, law=name)))
-        opts, _ = _resolve_delta(approach, train, opts)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                result = _fit_once(approach, train, None, seed, opts)
-            except AnalysisError as exc:
-                candidates[name] = {"fitted": False, "reason": str(exc)}
-                continue
-        if not result.converged:
-            candidates[name] = {"fitted": False, "reason": result.message}
-            continue
-        residuals = np.asarray(log_residuals(result, train), dtype=float)
-        free = len(BUILTIN[name].parameters) - len(options.get("fix") or {})
-        candidates[name] = {"fitted": True, "free_parameters": free, "a": result.a, "b": result.b, "rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
-                            "aic": float(len(residuals) * np.log(np.mean(residuals ** 2)) + 2 * free)}
+    candidates = {name: _score_law(name, table, train, seed, options) for name in AUTO_LAWS}
     fitted = {k: v for k, v in candidates.items() if v["fitted"]}
     if not fitted:
         raise AnalysisError("law auto: no candidate law could be fitted (" + "; ".join(
@@ -349,6 +332,25 @@ def _select_law(approach: str, table, train, seed: int, options: dict) -> tuple[
                  "rule": "lowest AIC, n*log(mean squared log residual) + 2*(free parameters), over the runs "
                          "fitted (held-out runs never take part); intervals are conditional on the choice"}
     return dict(options, law=chosen), selection
+
+
+def _score_law(name: str, table, train, seed: int, options: dict) -> dict:
+    """One candidate of ``law="auto"``, fitted once to ``train``: its AIC, RMS log residual, a and b."""
+    opts = _shared_c("3", table, _resolve_law("3", dict(options, law=name)))
+    opts, _ = _resolve_delta("3", train, opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = _fit_once("3", train, None, seed, opts)
+        except AnalysisError as exc:
+            return {"fitted": False, "reason": str(exc)}
+    if not result.converged:
+        return {"fitted": False, "reason": result.message}
+    residuals = np.asarray(log_residuals(result, train), dtype=float)
+    free = len(BUILTIN[name].parameters)
+    return {"fitted": True, "free_parameters": free, "a": result.a, "b": result.b,
+            "rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
+            "aic": float(len(residuals) * np.log(np.mean(residuals ** 2)) + 2 * free)}
 
 
 def _resolve_law(approach: str, options: dict) -> dict:
