@@ -98,6 +98,10 @@ def holdout_table(result: FitResult) -> str:
 def fit_text(result: FitResult) -> str:
     """A plain-text account of one fit, for the terminal."""
     lines = [f"{result.title} -- {result.n_runs} runs"]
+    selection = (result.details or {}).get("law_selection")
+    if selection:
+        scores = ", ".join(f"{name} {c['aic']:.1f}" for name, c in selection["candidates"].items() if c["fitted"])
+        lines.append(f"  law chosen by AIC: {selection['chosen']} (AIC {scores})")
     if not result.converged:
         lines.append(f"  FIT DID NOT CONVERGE: {result.message}")
         return "\n".join(lines)

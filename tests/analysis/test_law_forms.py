@@ -12,6 +12,7 @@ from scalelab.analysis import synthetic as sy
 from scalelab.analysis.law_expr import parse
 from scalelab.analysis.law_file import load_law_file
 from scalelab.analysis.law_forms import parse_fix
+from scalelab.analysis.markdown import fit_text
 
 SIZES = np.logspace(7, 10, 7)
 TOKENS = np.logspace(8.5, 11.5, 7)
@@ -210,5 +211,6 @@ def test_law_auto_picks_the_law_that_made_the_data(law):
     assert selection["n_runs"] == len(table) - 3                      # the held-out runs take no part
     assert set(selection["candidates"]) == {"chinchilla", "kaplan"}
     assert result.details.get("law", {"name": "chinchilla"})["name"] == law
+    assert f"law chosen by AIC: {law}" in fit_text(result)
     with pytest.raises(AnalysisError, match="law auto"):
         fit(table, "3", law="auto", fix={"E": 1.7})
