@@ -254,17 +254,20 @@ def auto_delta(table, fitter=None, **options) -> tuple[float, dict]:
                    "residual_sigma": sigma}
 
 
-def _allocate(result: FitResult, fpt, flops_range) -> None:
-    """Exponents, frontier and the exact allocator of a converged approach-3 fit."""
+def _allocate(result: FitResult, fpt, flops_range, loss_fn=None, floor: float = 0.0) -> None:
+    """Exponents, frontier and the exact allocator of a converged approach-3 fit: the Chinchilla law of
+    ``result.params``, or any law of N and D given as ``loss_fn(N, D)`` (minimised numerically; its
+    frontier is written over ``floor``)."""
     p = result.params
-    laws = allocation_laws(p, fpt, flops_range)
+    laws = allocation_laws(p, fpt, flops_range, loss_fn, floor)
     result.a, result.b, result.G, result.H = laws["a"], laws["b"], laws["G"], laws["H"]
     result.frontier = laws["frontier"]
-    result.allocate = Allocator(p, fpt)
-    result.details.update({
-        "allocation_range": laws["flops_range"], "interior_optimum": laws["interior"],
-        "a_under_constant_k": p["beta"] / (p["alpha"] + p["beta"]),
-        "exponents_note": ("a, b: slopes of log N_opt, log D_opt vs log C over the allocation range, with "
-                           "N_opt minimising L(N, C/f(N)) exactly; frontier: E + K*C^-gamma fitted to the "
-                           "loss along that optimal allocation"),
-    })
+    result.allocate = Allocator(p, fpt, loss_fn)
+    result.details.update({"allocation_range": laws["flops_range"], "interior_optimum": laws["interior"]})
+    if loss_fn is None:
+        result.details["a_under_constant_k"] = p["beta"] / (p["alpha"] + p["beta"])
+    how = "exactly" if loss_fn is None else "numerically"
+    over = "E" if loss_fn is None else (f"{floor:.4g} (the law's floor)" if floor else "0 (the law has no floor)")
+    result.details["exponents_note"] = (
+        f"a, b: slopes of log N_opt, log D_opt vs log C over the allocation range, with N_opt minimising "
+        f"L(N, C/f(N)) {how}; frontier: {over} + K*C^-gamma fitted to the loss along that optimal allocation")

@@ -24,7 +24,6 @@ from .bootstrap import LEVEL, MAX_JACKKNIFE_GROUPS
 from .conventions import base_conventions
 from .flops_model import flops_per_token_model
 from .law_forms import CHINCHILLA_NAMES, LawForm
-from .optimum import Allocator, allocation_laws
 from .result import FitResult
 
 BOUND_PENALTY = 1e2
@@ -195,16 +194,7 @@ def _allocate_any(result: FitResult, form: LawForm, values: dict, table, k, fpt,
     def loss_fn(n, d):
         return form.predict(values, {"params": n, "tokens": d})
 
-    laws = allocation_laws(values, fpt, flops_range or (table["flops"].min(), table["flops"].max()), loss_fn, floor)
-    result.a, result.b, result.G, result.H = laws["a"], laws["b"], laws["G"], laws["H"]
-    result.frontier = laws["frontier"]
-    result.allocate = Allocator(values, fpt, loss_fn)
-    result.details.update({
-        "allocation_range": laws["flops_range"], "interior_optimum": laws["interior"],
-        "exponents_note": ("a, b: slopes of log N_opt, log D_opt vs log C over the allocation range, with "
-                           "N_opt minimising the law's L(N, C/f(N)) numerically; frontier: "
-                           f"{'the floor ' + form.floor if form.floor else '0 (the law has no floor)'} "
-                           "+ K*C^-gamma fitted to the loss along that optimal allocation")})
+    _allocate(result, fpt, flops_range or (table["flops"].min(), table["flops"].max()), loss_fn, floor)
     return result
 
 
