@@ -100,6 +100,10 @@ class Checkpointer:
         return cls(run_dir, read_only=True)
 
     def save(self, step: int, state, data_state: dict, meta: dict, force: bool = False) -> bool:
+        """Save `step` (False if not saved). A step already held is kept as it is: a packed member
+        that resumed behind its newest checkpoint retrains to it bitwise (see `PackedGroup.start`)."""
+        if step in self.manager.all_steps():
+            return False
         faults.maybe_fail("save", f"checkpoint {checkpoint_dir(self.run_dir) / str(step)}")
         if _is_main():
             file_list(self.run_dir, step).unlink(missing_ok=True)  # a set-aside step saved again
@@ -146,13 +150,14 @@ class Checkpointer:
         )
         return restored["state"], restored["data"], restored["meta"]
 
-    def restore_latest(self, abstract_state, shardings):
-        """(state, data_state, meta) of the newest checkpoint that restores, or None if there is none.
+    def restore_latest(self, abstract_state, shardings, at_most: int | None = None):
+        """(state, data_state, meta) of the newest checkpoint that restores (at step `at_most` or
+        before, when given), or None if there is none.
 
         Every process takes the same decision: a checkpoint counts as restored only if it restored
         on all of them, and whether it is damaged is the main process's finding.
         """
-        for step in reversed(self.steps()):
+        for step in reversed([s for s in self.steps() if at_most is None or s <= at_most]):
             error = None
             try:
                 restored = self.restore_step(step, abstract_state, shardings)

@@ -121,20 +121,34 @@ class PackedGroup:
 
     # ---- starting ---------------------------------------------------------------------------
     def start(self) -> list:
-        """Open every member (skipping completed ones); returns the member states to stack."""
+        """Open every member (skipping completed ones) and restore them in step; returns the member
+        states to stack.
+
+        Members resume together from the newest step at which every one of them holds a checkpoint
+        (after a kill -9 some may have saved one more than others): the group then makes the same
+        calls, of the same width, as the run that was not interrupted, so every loss repeats
+        bitwise. A member that no longer holds that step (rotated out) resumes from its newest.
+        """
+        opened = [m for m in self.pending if self._attempt(m, self._open)]
+        common = min((max(m.ckpt.steps(), default=0) for m in opened), default=0)
         states = []
-        for m in self.pending:
-            try:
-                state = self._open(m)
-            except Exception as exc:  # noqa: BLE001 - one member's bad start must not stop the others
-                self._fail(m, exc)
-                continue
+        for m in opened:
+            state = self._attempt(m, lambda m: self._restore(m, common))
             if state is not None:
                 self.members.append(m)
                 states.append(state)
         return states
 
-    def _open(self, m: Member):
+    def _attempt(self, m: Member, action):
+        """`action(m)`, or None with `m` failed: one member's bad start must not stop the others."""
+        try:
+            return action(m)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(m, exc)
+            return None
+
+    def _open(self, m: Member) -> bool:
+        """Lock the member's directory and open its checkpoints; False if it completed already."""
         m.lock.__enter__()
         try:
             previous = previous_state(m.run.run_dir, m.run.config)
@@ -145,14 +159,22 @@ class PackedGroup:
             log.info("%s already completed with this config; nothing to do", m.run.run_dir)
             self.results[m.name] = read_summary(m.run.run_dir)
             m.lock.__exit__(None, None, None)
-            return None
+            return False
         m.summary = base_summary(m.run) | {"packed_with": self.names}
         if previous == "resume":
             m.summary["resumed_from"] = (read_summary(m.run.run_dir) or {}).get("resumed_from", [])
-        cfg = m.run.cfg
-        c = cfg.checkpoint
+        c = m.run.cfg.checkpoint
         m.ckpt = Checkpointer(m.run.run_dir, keep=c.keep, async_save=c.async_save, steps=c.steps)
-        state, data_state, m.step = initial_state(m.run, m.ckpt)
+        return True
+
+    def _restore(self, m: Member, common: int):
+        """The member's state at `common` (or its newest, see `start`), its log and data streams."""
+        held = m.ckpt.steps()
+        at_most = common if any(s <= common for s in held) else None
+        state, data_state, m.step = initial_state(m.run, m.ckpt, at_most)
+        if held and m.step < held[-1]:
+            log.info("%s resumes at step %d with its group (its newest checkpoint is %d)", m.name, m.step,
+                     held[-1])
         m.runlog = open_log(m.run, m.summary, m.step)
         m.data_iter, m.eval_set = data_streams(m.run, data_state)
         m.eval_loss = m.summary.get("final_eval_loss")

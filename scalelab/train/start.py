@@ -22,11 +22,12 @@ from scalelab.train.checkpoint import (
 log = logging.getLogger("scalelab")
 
 
-def initial_state(run: Run, ckpt: Checkpointer):
-    """(state, data iterator state or None, step) of the run's first step."""
+def initial_state(run: Run, ckpt: Checkpointer, at_most: int | None = None):
+    """(state, data iterator state or None, step) of the run's first step: its newest checkpoint
+    (at step `at_most` or before, when given), else its start."""
     steps, t = run.steps, run.cfg.train
     abstract = jax.eval_shape(steps.init_state, t.seed)
-    restored = ckpt.restore_latest(abstract, steps.state_shardings)
+    restored = ckpt.restore_latest(abstract, steps.state_shardings, at_most)
     if restored is not None:
         state, data_state, meta = restored
         return state, data_state, int(meta["step"])

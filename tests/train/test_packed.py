@@ -1,6 +1,8 @@
 """Packed sweeps: members match solo runs, diverge alone, and resume exactly after kill -9."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 
 from scalelab.sweep.packed import Job, run_jobs
 from scalelab.train.build import build_run
+from scalelab.train.checkpoint import FILE_LISTS
 from scalelab.train.run import fit
 from scalelab.train.runlog import read_metrics, read_summary
 from tests.helpers import REPO, TINY, compose_config, finish, jax_cache_env
@@ -60,9 +63,10 @@ def test_a_diverging_member_is_frozen_while_its_siblings_complete(tmp_path):
 
 
 def sweep_command(sweep_dir, *extra):
-    """4 members of the tiny model, 32 steps each, a checkpoint every 8."""
+    """4 members of the tiny model, 32 steps each, a checkpoint every 8 (all 4 kept)."""
     return [sys.executable, "-c", "from scalelab.cli.entry import train; train()", "-m", "hydra/launcher=packed",
-            *TINY, "data.tokens=8192", "checkpoint.every=8", "optimizer.lr=3e-3,1e-2", "train.seed=0,1",
+            *TINY, "data.tokens=8192", "checkpoint.every=8", "checkpoint.keep=4", "optimizer.lr=3e-3,1e-2",
+            "train.seed=0,1",
             f"hydra.sweep.dir={sweep_dir}", *extra]
 
 
@@ -102,6 +106,23 @@ def test_kill9_of_a_packed_sweep_resumes_every_member_bitwise(tmp_path):
         if (d / "summary.json").exists():
             summary = read_summary(d)
             assert summary["status"] == "completed" and summary["resumed_from"], d.name
+
+    # what a kill -9 during a save can leave, made certain: two members hold checkpoints up to step
+    # 24, the other two only step 8. The group resumes every member from 8, in step, so the calls
+    # (and their width) are those of the straight run, and the losses repeat bitwise.
+    behind = tmp_path / "behind"
+    shutil.copytree(straight, behind)
+    members = sorted(d for d in behind.iterdir() if (d / "summary.json").exists())
+    for k, d in enumerate(members):
+        for step in (32,) if k % 2 else (16, 24, 32):
+            shutil.rmtree(d / "checkpoints" / str(step))
+            (d / FILE_LISTS / f"{step}.json").unlink(missing_ok=True)
+        (d / "summary.json").write_text(json.dumps({**read_summary(d), "status": "running"}))
+    proc = subprocess.run(sweep_command(behind), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumes at step 8 with its group" in proc.stdout + proc.stderr
+    assert member_losses(behind) == expected
+    assert all(read_summary(d)["resumed_from"][-1] == 8 for d in members)
 
 
 @pytest.mark.slow
