@@ -67,11 +67,12 @@ class Recorder:
         self.bar.update(step, row)
 
 
-def data_streams(run: Run, data_state):
-    """The training iterator (at its saved position when resuming) and the held-out batches."""
+def data_streams(run: Run, data_state, threads: bool = True):
+    """The training iterator (at its saved position when resuming; see `pipeline.train_iterator`
+    for `threads`) and the held-out batches."""
     cfg, t = run.cfg, run.cfg.train
     data_iter = pipeline.train_iterator(run.store, cfg.data, t.batch_size, t.seed, run.plan.steps,
-                                        jax.process_index(), jax.process_count())
+                                        jax.process_index(), jax.process_count(), threads)
     if data_state is not None:
         data_iter.set_state(data_state)
     eval_set = pipeline.eval_batches(run.store, cfg.data, t.batch_size, t.eval_tokens,

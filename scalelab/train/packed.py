@@ -52,6 +52,8 @@ log = logging.getLogger("scalelab")
 # training steps per jitted call of a packed group (hydra.launcher.steps_per_call): enough to make the
 # per-call dispatch, batch transfer and metrics read negligible for tiny models
 STEPS_PER_CALL = 16
+# members whose train state is at most this many bytes are stacked and sliced on the host (`Layout`)
+HOST_STACK_BYTES = 16 * 2**20
 
 
 @dataclass(eq=False)
@@ -90,8 +92,14 @@ def _stacked(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _stack(trees: list, shardings):
-    """Member trees -> one tree with a leading member axis, placed with `shardings`."""
+def _stack(trees: list, shardings, on_host: bool = False):
+    """Member trees -> one tree with a leading member axis, placed with `shardings`.
+
+    `on_host`: stacked by numpy (members whose every array one process holds whole; no compilation),
+    else by one jitted stack on the first device."""
+    if on_host:
+        stacked = jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(trees))
+        return jax.device_put(stacked, shardings)
     device = jax.local_devices()[0]
     return jax.device_put(_stacked(jax.device_put(trees, device)), shardings)
 
@@ -101,8 +109,12 @@ def _slice(tree, i):
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def _member_of(stacked, i: int, shardings):
-    """Member i's tree out of a stacked tree, placed as a single run's (one compiled slice per tree)."""
+def _member_of(stacked, i: int, shardings, host_copy=None):
+    """Member i's tree out of a stacked tree, placed as a single run's: sliced from `host_copy`
+    (the stacked tree as numpy) when given, else by one compiled slice per tree."""
+    if host_copy is not None:
+        # copied out of the stack: the device arrays made from it must not share its memory
+        return jax.device_put(jax.tree.map(lambda x: np.array(x[i]), host_copy), shardings)
     return jax.device_put(_slice(stacked, jnp.int32(i)), shardings)
 
 
@@ -176,7 +188,7 @@ class PackedGroup:
             log.info("%s resumes at step %d with its group (its newest checkpoint is %d)", m.name, m.step,
                      held[-1])
         m.runlog = open_log(m.run, m.summary, m.step)
-        m.data_iter, m.eval_set = data_streams(m.run, data_state)
+        m.data_iter, m.eval_set = data_streams(m.run, data_state, threads=False)
         m.eval_loss = m.summary.get("final_eval_loss")
         return state
 
@@ -247,6 +259,10 @@ class Layout:
         self.leader, self.member_mesh = leader, member_mesh
         self.spread = None if member_mesh is None else jax.sharding.NamedSharding(
             member_mesh, jax.sharding.PartitionSpec("data"))
+        # small members of one process are stacked and sliced on the host: a copy, where the jitted
+        # stack and slice would each compile (~0.3 s a tree for a tiny model)
+        state_bytes = 4 * 3 * leader.counts.params_total  # fp32 parameters and two moments
+        self.on_host = jax.process_count() == 1 and state_bytes <= HOST_STACK_BYTES
 
     def width(self, members: int) -> int:
         """The stack's size: the members, plus idle copies so that it splits over the devices."""
@@ -282,6 +298,7 @@ class PackedLoop:
         self.steps_per_call = max(1, int(steps_per_call or STEPS_PER_CALL))
         self.step_fn = self.state = self.hyper = None
         self.width = 0
+        self._host = None  # the stacked state as numpy, read once after a call for every member that needs it
 
     def _compile(self, states: list) -> None:
         members = len(self.g.members)
@@ -290,9 +307,11 @@ class PackedLoop:
         self.step_fn = self.layout.train_step(self.width)
         state_sh, self.batch_sh, self.member_sh = self.layout.shardings(self.width)
         hyper_sh = self.member_sh
-        self.state = _stack(states + [states[-1]] * ghosts, state_sh)
+        on_host = self.layout.on_host
+        self.state = _stack(states + [states[-1]] * ghosts, state_sh, on_host)
+        self._host = None
         hypers = [m.run.hyper.as_input() for m in self.g.members]
-        self.hyper = _stack(hypers + [hypers[-1]] * ghosts, hyper_sh)
+        self.hyper = _stack(hypers + [hypers[-1]] * ghosts, hyper_sh, on_host)
         log.info("packed: %d member(s) in one program%s: %s", members,
                  f" (+{ghosts} idle cop{'y' if ghosts == 1 else 'ies'} to fill the devices)" if ghosts else "",
                  ", ".join(m.name for m in self.g.members))
@@ -313,8 +332,8 @@ class PackedLoop:
         active_WxK = np.zeros((self.width, k), dtype=bool)
         per_member = []
         for i, (m, n) in enumerate(zip(self.g.members, counts, strict=True)):
-            rows = [next(m.data_iter) for _ in range(n)]
-            per_member.append(np.stack(rows + [rows[-1]] * (k - n)))
+            rows_NxBxT1 = m.data_iter.take(n)
+            per_member.append(np.concatenate([rows_NxBxT1, np.repeat(rows_NxBxT1[-1:], k - n, axis=0)]))
             active_WxK[i, :n] = True
         local_WxKxBxT1 = np.stack(per_member + [per_member[-1]] * (self.width - len(per_member)))
         shape = (self.width, k, self.g.leader.cfg.train.batch_size, *local_WxKxBxT1.shape[3:])
@@ -329,11 +348,20 @@ class PackedLoop:
         if self.g.members:
             self._compile(states)
 
+    def _host_state(self):
+        if not self.layout.on_host:
+            return None
+        if self._host is None:
+            self._host = jax.device_get(self.state)
+        return self._host
+
     def member_params(self, i: int):
-        return _member_of(self.state["params"], i, self.g.leader.steps.state_shardings["params"])
+        host = self._host_state()
+        return _member_of(self.state["params"], i, self.g.leader.steps.state_shardings["params"],
+                          None if host is None else host["params"])
 
     def member_state(self, i: int):
-        return _member_of(self.state, i, self.g.leader.steps.state_shardings)
+        return _member_of(self.state, i, self.g.leader.steps.state_shardings, self._host_state())
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, guard: PreemptionGuard) -> None:
@@ -343,6 +371,7 @@ class PackedLoop:
             counts = [self._steps_ahead(m) for m in members]
             batches, active = self._batches(counts)
             self.state, metrics = self.step_fn(self.state, batches, active, self.hyper)
+            self._host = None
             starts = [m.step for m in members]
             for m, n in zip(members, counts, strict=True):
                 m.step += n

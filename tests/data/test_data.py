@@ -60,6 +60,25 @@ def test_iterator_state_resumes_exactly(store):
     assert all(np.array_equal(x, y) for x, y in zip(rest, take(resumed, 5)))
 
 
+def test_the_reader_without_threads_gives_grains_batches_and_state(store):
+    """Packed groups read with `threads=False`: the same batches as Grain's iterator, and each resumes
+    from the other's state (a packed member's checkpoint resumes as a solo run, and back)."""
+    cfg = data_cfg()
+    grain_it = pipeline.train_iterator(store, cfg, 8, seed=2, steps=30)
+    reader = pipeline.train_iterator(store, cfg, 8, seed=2, steps=30, threads=False)
+    expected = take(grain_it, 6)
+    np.testing.assert_array_equal(reader.take(6), np.stack(expected))
+    assert reader.get_state() == grain_it.get_state()
+    solo = pipeline.train_iterator(store, cfg, 8, seed=2, steps=30)
+    solo.set_state(reader.get_state())
+    again = pipeline.train_iterator(store, cfg, 8, seed=2, steps=30, threads=False)
+    again.set_state(grain_it.get_state())
+    np.testing.assert_array_equal(next(solo), next(again))
+    assert len(take(again, 23)) == 23
+    with pytest.raises(StopIteration):  # 30 steps: 6 + 1 + 23 read
+        next(again)
+
+
 def test_processes_read_disjoint_rows_of_the_same_global_batch(store):
     cfg = data_cfg()
     whole = take(pipeline.train_iterator(store, cfg, 8, seed=1, steps=30), 3)
