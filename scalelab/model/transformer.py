@@ -21,6 +21,7 @@ from flax import nnx
 from scalelab import ledger
 from scalelab.config import ConfigError
 from scalelab.model import attention, parametrization
+from scalelab.model.dense import dense
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -174,9 +175,9 @@ class SwiGLU(nnx.Module):
 
     def __call__(self, x_BxTxD):
         dt = x_BxTxD.dtype
-        gate_BxTxF = x_BxTxD @ self.w_gate[...].astype(dt)
-        up_BxTxF = x_BxTxD @ self.w_up[...].astype(dt)
-        return (jax.nn.silu(gate_BxTxF) * up_BxTxF) @ self.w_down[...].astype(dt)
+        gate_BxTxF = dense(x_BxTxD, self.w_gate[...].astype(dt))
+        up_BxTxF = dense(x_BxTxD, self.w_up[...].astype(dt))
+        return dense(jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -237,7 +238,7 @@ class Transformer(nnx.Module):
                 probes[f"block{i}"] = x_BxTxD
         x_BxTxD = self.final_norm(x_BxTxD)
         w_DxV = self.embed[...].T if spec.tied_embeddings else self.lm_head[...]
-        logits_BxTxV = x_BxTxD @ w_DxV.astype(dt)
+        logits_BxTxV = dense(x_BxTxD, w_DxV.astype(dt))
         multiplier = parametrization.logit_multiplier(spec)
         if multiplier is not None:  # mup: the output layer's 1/r
             logits_BxTxV = logits_BxTxV * jnp.asarray(multiplier, dt)
