@@ -45,7 +45,8 @@ class Recorder:
         self.last_row: dict = {}
 
     def record(self, step: int, metrics, params, evaluate_now: bool = False) -> None:
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values = metrics if all(type(v) is float for v in metrics.values()) else \
+            {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not all(math.isfinite(values[k]) for k in ("train_loss", "grad_norm")):
             raise Diverged(step, values)
         if not (evaluate_now or self.run.cadence.logs(step)):

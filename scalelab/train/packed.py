@@ -417,7 +417,7 @@ class PackedLoop:
             wants_eval = bool(events and "eval" in events.get(m.name, ()))
             try:
                 for t in range(counts[j]):
-                    own = {k: v[j, t] for k, v in values.items()}
+                    own = {k: float(v[j, t]) for k, v in values.items()}
                     last = t == counts[j] - 1
                     m.rec.record(starts[j] + t + 1, own, self.member_params(i) if wants_eval and last else None,
                                  evaluate_now=wants_eval and last)

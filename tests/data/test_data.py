@@ -116,6 +116,11 @@ def test_more_tokens_than_corpus_repeats_epochs_in_new_orders(tmp_path):
     for e in epochs:  # every window exactly once per epoch
         assert sorted(bytes(w[:8].astype(np.uint8)) for w in e) == [f"{i:07d}|".encode() for i in range(40)]
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
+    # the packed groups' reader gathers the same windows in the same order, across epochs and processes
+    for process in range(2):
+        rows = pipeline.train_iterator(store, cfg, 4, 0, plan.steps, process, 2)
+        gathered = pipeline.train_iterator(store, cfg, 4, 0, plan.steps, process, 2, threads=False)
+        np.testing.assert_array_equal(gathered.take(plan.steps), np.stack(take(rows, plan.steps)))
 
 
 def test_a_missing_dataset_is_named(tmp_path):
