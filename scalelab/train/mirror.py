@@ -10,10 +10,11 @@ an object store has none of these. So the run works in `paths.mirror_dir(url)` a
   list (`checkpoint_files/<step>.json`) is not in the store is an unfinished upload and is not
   restored from. Hydra's `.hydra/` of this launch is kept.
 * `push`, after each checkpoint is complete and when the run ends, uploads the files that changed,
-  each whole in one PUT: a checkpoint's files first, its file list after them (the commit point),
-  then the other files with `summary.json` last; checkpoints Orbax deleted (`checkpoint.keep`) are
-  deleted from the store, file list first. A kill at any point leaves the store with complete,
-  listed checkpoints and metrics rows up to at least the newest one, which is what a resume needs.
+  each whole in one PUT: a checkpoint's files first, then the run's other files (metrics.jsonl),
+  then the checkpoint's file list (the commit point), `summary.json` last; checkpoints Orbax
+  deleted (`checkpoint.keep`) are deleted from the store, file list first. A kill at any point
+  leaves the store with complete, listed checkpoints and metrics rows up to at least the newest one
+  (rows past it are dropped on resume), which is what a resume needs.
 * The lock is the mirror's: it refuses a second run of the same URL on this machine, not on
   another. One writer per run directory URL is the user's to ensure (each sweep job has its own).
 """
@@ -51,7 +52,8 @@ def _wanted(name: str, listed: set[str]) -> bool:
 
 
 def _order(name: str) -> int:
-    return {CHECKPOINTS: 0, CHECKPOINT_FILES: 1}.get(name.split("/")[0], 3 if name == SUMMARY else 2)
+    """Upload order: checkpoint files, the run's other files, checkpoint lists (commit), the summary."""
+    return {CHECKPOINTS: 0, CHECKPOINT_FILES: 2}.get(name.split("/")[0], 3 if name == SUMMARY else 1)
 
 
 class RunMirror:

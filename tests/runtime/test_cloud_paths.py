@@ -111,3 +111,14 @@ def test_a_failed_start_in_a_bucket_leaves_nothing_behind(s3):
     assert code == 2, err
     assert "error: init_from=s3://bucket/no-such-run: s3://bucket/no-such-run: no checkpoint found" in err
     assert paths.listing(url) == {}
+
+
+def test_a_push_sends_the_metrics_before_the_checkpoint_list_that_commits_them():
+    """A kill between two uploads must never leave a listed checkpoint without its metrics rows in
+    the store (the resume would start after rows it never had)."""
+    from scalelab.train.mirror import _order
+
+    names = ["summary.json", "checkpoint_files/8.json", "metrics.jsonl", "checkpoints/8/state/x", "train.log"]
+    sent = sorted(names, key=lambda n: (_order(n), n))
+    assert sent.index("checkpoints/8/state/x") < sent.index("metrics.jsonl") < sent.index("checkpoint_files/8.json")
+    assert sent[-1] == "summary.json"
