@@ -94,10 +94,9 @@ class StepReader:
     Grain's own iterator (`{"next_index": i}`), so either reader resumes from the other's checkpoint.
 
     For loops that read many small batches at a time (a packed group takes K of each member's per
-    call): the window order comes from Grain's shuffle of the window indices (the same permutation as
-    its shuffle of the windows themselves), and the rows of a whole call are gathered at once. Grain's
-    threaded iterator costs ~0.4 ms a batch of 8 windows, this ~0.1 ms, and on a CPU its reader
-    threads take cores from the step itself."""
+    call): the same window order as Grain's iterator, with the rows of a whole call gathered at once.
+    Grain's threaded iterator costs ~0.4 ms a batch of 8 windows, this ~0.1 ms, and on a CPU its
+    reader threads take cores from the step itself."""
 
     def __init__(self, order: grain.MapDataset, windows: Windows, rows: int, steps: int, global_index):
         self.order, self.windows, self.rows, self.steps = order, windows, rows, steps
@@ -136,7 +135,8 @@ def train_iterator(store: TokenStore, data_cfg, batch_size: int, seed: int, step
         raise ValueError(f"train.batch_size={batch_size} must divide over {process_count} processes")
     windows = Windows(store.shards("train"), data_cfg.seq_len)
     epochs = math.ceil(steps * batch_size / len(windows))
-    ordered = grain.MapDataset.source(windows).shuffle(seed=seed).repeat(epochs)
+    # the window order: Grain's shuffle of the window indices, reshuffled every epoch (both readers)
+    order = grain.MapDataset.range(len(windows)).shuffle(seed=seed).repeat(epochs)
     local = batch_size // process_count
 
     def global_index(j: int) -> int:
@@ -144,9 +144,8 @@ def train_iterator(store: TokenStore, data_cfg, batch_size: int, seed: int, step
         return step * batch_size + process_index * local + row
 
     if not threads:
-        order = grain.MapDataset.range(len(windows)).shuffle(seed=seed).repeat(epochs)
         return StepReader(order, windows, local, steps, global_index)
-    ds = grain.MapDataset.range(steps * local).map(lambda j: ordered[global_index(j)]).batch(local)
+    ds = grain.MapDataset.range(steps * local).map(lambda j: windows[order[global_index(j)]]).batch(local)
     options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=data_cfg.prefetch)
     return iter(ds.to_iter_dataset(options))
 
