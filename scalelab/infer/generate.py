@@ -12,13 +12,20 @@ Right padding needs no position offsets: a row's padding sits at cache indices >
 never attended to (the causal mask is by position) and are overwritten by the row's own new
 tokens before any later query can see them.
 
-Sampling: temperature 0 is greedy; otherwise logits / temperature, then optional top-k and top-p
-(nucleus) filtering, then a categorical draw from a key derived from --seed and the step. Ids the
-tokenizer does not know (vocabulary padding) are never produced. The sampling settings and the
-seed are runtime arguments: one compiled function per (model, prompt block shape, max new tokens).
+The cache attends with the model's own CPU formula (`attention.masked_attention`, which the
+blockwise kernel's blocks call too), so that decoding computes what the full forward pass computes;
+tests/infer/test_generate.py holds the logits of every generated position against it.
 
-A prompt plus the new tokens must fit the model's context, `data.seq_len` of the run: positions
-beyond it were never trained. A longer request is refused, saying how many tokens are allowed.
+Sampling: temperature 0 is greedy; otherwise logits / temperature, then optional top-k and top-p
+(nucleus) filtering, then a categorical draw from a key derived from --seed and the step, the same
+key for every row: a prompt gets the same text alone or in a batch, wherever it sits (two equal
+prompts get equal text: vary --seed for several samples). Ids the tokenizer does not know
+(vocabulary padding) are never produced. The sampling settings and the seed are runtime arguments:
+one compiled function per (model, prompt block shape, max new tokens).
+
+A prompt plus the new tokens must fit the model's context, `data.seq_len` of the run (for an `hf:`
+directory its `max_position_embeddings`): RoPE would compute positions beyond it, but the model
+never trained on them. A longer request is refused, naming --max-new-tokens and how many fit.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from scalelab.model import attention
 from scalelab.model.functional import ModelFns
 from scalelab.model.transformer import DTYPES, ModelSpec
 
@@ -56,10 +64,8 @@ class KVCache:
         v_BxSxKxH = write(self.v_BxSxKxH, v_BxTxKxH.astype(self.v_BxSxKxH.dtype), self.length_B)
         query_pos_BxT = self.length_B[:, None] + jnp.arange(T, dtype=jnp.int32)
         visible_BxTxS = jnp.arange(S, dtype=jnp.int32)[None, None, :] <= query_pos_BxT[:, :, None]
-        out_BxTxNxH = jax.nn.dot_product_attention(
-            q_BxTxNxH, k_BxSxKxH.astype(q_BxTxNxH.dtype), v_BxSxKxH.astype(q_BxTxNxH.dtype),
-            mask=visible_BxTxS[:, None, :, :],
-        )
+        out_BxTxNxH = attention.masked_attention(q_BxTxNxH, k_BxSxKxH.astype(q_BxTxNxH.dtype),
+                                                 v_BxSxKxH.astype(q_BxTxNxH.dtype), visible_BxTxS)
         return out_BxTxNxH, KVCache(k_BxSxKxH, v_BxSxKxH, self.length_B + T)
 
 
@@ -113,12 +119,16 @@ def sample_next(logits_BxV, key, temperature, top_k, top_p, vocab_limit: int):
     n_kept_B = jnp.sum(kept_BxV, axis=-1)
     threshold_Bx1 = jnp.take_along_axis(sorted_BxV, (n_kept_B - 1)[:, None], axis=-1)
     filtered_BxV = jnp.where(scaled_BxV < threshold_Bx1, -jnp.inf, scaled_BxV)
-    sampled_B = jax.random.categorical(key, filtered_BxV, axis=-1).astype(jnp.int32)
+    # every row draws with the same key: a prompt's sample depends on the seed and its own logits,
+    # not on which row of the batch it sits in or what the other rows hold
+    sampled_B = jax.vmap(lambda row_V: jax.random.categorical(key, row_V))(filtered_BxV).astype(jnp.int32)
     return jnp.where(temperature > 0, sampled_B, greedy_B)
 
 
-def _decode_fn(fns: ModelFns, max_new: int, cache_size: int, eos_id: int, vocab_limit: int, stop_at_eos: bool):
-    """(params, prompts BxP right-padded, lengths B, key, temperature, top_k, top_p) -> (new tokens BxM, steps)."""
+def _decode_fn(fns: ModelFns, max_new: int, cache_size: int, eos_id: int, vocab_limit: int, stop_at_eos: bool,
+               keep_logits: bool = False):
+    """(params, prompts BxP right-padded, lengths B, key, temperature, top_k, top_p) ->
+    (new tokens BxM, steps, and with `keep_logits` the logits BxMxV each new token was drawn from)."""
 
     def run(params, prompt_BxP, lengths_B, key, temperature, top_k, top_p):
         B, P = prompt_BxP.shape
@@ -130,26 +140,31 @@ def _decode_fn(fns: ModelFns, max_new: int, cache_size: int, eos_id: int, vocab_
         last_BxV = jnp.take_along_axis(logits_BxPxV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
         token_B = sample(last_BxV, 0)
         out_BxM = jnp.full((B, max_new), eos_id, jnp.int32).at[:, 0].set(token_B)
+        V = last_BxV.shape[-1] if keep_logits else 0  # a 0-wide buffer when the logits are not kept
+        seen_BxMxV = jnp.zeros((B, max_new, V), jnp.float32).at[:, 0].set(last_BxV[:, :V].astype(jnp.float32))
         done_B = (token_B == eos_id) & stop_at_eos
 
         def more(state):
-            i, _, _, _, done_B = state
+            i, *_, done_B = state
             return (i < max_new) & ~jnp.all(done_B)
 
         def step(state):
-            i, out_BxM, caches, token_B, done_B = state
+            i, out_BxM, seen_BxMxV, caches, token_B, done_B = state
             logits_Bx1xV, caches = forward_with_cache(fns, params, token_B[:, None], caches)
             token_B = jnp.where(done_B, eos_id, sample(logits_Bx1xV[:, 0], i))
             out_BxM = jax.lax.dynamic_update_slice_in_dim(out_BxM, token_B[:, None], i, axis=1)
-            return i + 1, out_BxM, caches, token_B, done_B | ((token_B == eos_id) & stop_at_eos)
+            seen_BxMxV = jax.lax.dynamic_update_slice_in_dim(
+                seen_BxMxV, logits_Bx1xV[:, :, :V].astype(jnp.float32), i, axis=1)
+            return i + 1, out_BxM, seen_BxMxV, caches, token_B, done_B | ((token_B == eos_id) & stop_at_eos)
 
-        steps, out_BxM, *_ = jax.lax.while_loop(more, step, (jnp.int32(1), out_BxM, caches, token_B, done_B))
-        return out_BxM, steps
+        state = (jnp.int32(1), out_BxM, seen_BxMxV, caches, token_B, done_B)
+        steps, out_BxM, seen_BxMxV, *_ = jax.lax.while_loop(more, step, state)
+        return (out_BxM, steps, seen_BxMxV) if keep_logits else (out_BxM, steps)
 
     return jax.jit(run)
 
 
-_COMPILED: dict = {}  # (model spec, max new tokens, ids, eos flag, prompt block shape) -> compiled decode
+_COMPILED: dict = {}  # (model spec, max new tokens, ids, eos flag, logits flag, prompt block shape) -> compiled
 
 
 @dataclass
@@ -157,6 +172,7 @@ class Generation:
     tokens: list[np.ndarray]  # per prompt: the new tokens, up to and including end-of-document
     seconds: float  # decoding, compilation excluded
     compile_seconds: float  # 0 when an identical call had compiled it already
+    logits: list[np.ndarray] | None = None  # with keep_logits: per prompt, the logits (M_b x V) of each new token
 
     @property
     def new_tokens(self) -> int:
@@ -187,11 +203,12 @@ def check_fits(prompt_lengths: list[int], max_new_tokens: int, context: int, pre
 
 def generate_tokens(fns: ModelFns, params: dict, prompts: list, *, max_new_tokens: int, eos_id: int,
                     vocab_limit: int, sampling: Sampling = Sampling(), seed: int = 0, context: int | None = None,
-                    stop_at_eos: bool = True, prefix: int = 0) -> Generation:
+                    stop_at_eos: bool = True, prefix: int = 0, keep_logits: bool = False) -> Generation:
     """New token ids for each prompt (lists of ids, each non-empty), decoded together in one batch.
 
     With `context`, prompt + max_new_tokens must fit it; `prefix` (for the message only) is how many
-    tokens the caller put in front of every prompt.
+    tokens the caller put in front of every prompt. `keep_logits` also returns the logits each new
+    token was drawn from (the tests hold them against the model's full forward pass).
     """
     sampling.check()
     if max_new_tokens < 1:
@@ -208,18 +225,19 @@ def generate_tokens(fns: ModelFns, params: dict, prompts: list, *, max_new_token
     lengths_B = np.asarray(lengths, np.int32)
     args = (params, prompt_BxP, lengths_B, jax.random.key(seed), *sampling.as_arrays())
     started = time.perf_counter()
-    cache_key = (fns.spec, max_new_tokens, eos_id, vocab_limit, stop_at_eos, prompt_BxP.shape)
+    cache_key = (fns.spec, max_new_tokens, eos_id, vocab_limit, stop_at_eos, keep_logits, prompt_BxP.shape)
     compiled = _COMPILED.get(cache_key)
     if compiled is None:
-        fn = _decode_fn(fns, max_new_tokens, P + max_new_tokens, eos_id, vocab_limit, stop_at_eos)
+        fn = _decode_fn(fns, max_new_tokens, P + max_new_tokens, eos_id, vocab_limit, stop_at_eos, keep_logits)
         if len(_COMPILED) >= 16:
             _COMPILED.clear()
         compiled = _COMPILED[cache_key] = fn.lower(*args).compile()
     compiled_at = time.perf_counter()
-    out_BxM, _ = jax.block_until_ready(compiled(*args))
+    out_BxM, _, *seen = jax.block_until_ready(compiled(*args))
     finished = time.perf_counter()
     tokens = [_until_eos(row, eos_id) if stop_at_eos else row for row in np.asarray(out_BxM)]
-    return Generation(tokens, seconds=finished - compiled_at, compile_seconds=compiled_at - started)
+    logits = [np.asarray(seen[0][b, : len(t)]) for b, t in enumerate(tokens)] if keep_logits else None
+    return Generation(tokens, seconds=finished - compiled_at, compile_seconds=compiled_at - started, logits=logits)
 
 
 def _until_eos(row: np.ndarray, eos_id: int) -> np.ndarray:

@@ -68,8 +68,12 @@ def load_model(run_or_checkpoint: str | Path) -> LoadedModel:
     return load_checkpoint(find_checkpoint(run_or_checkpoint))
 
 
-def load_hf_model(directory: Path, seq_len: int = 256) -> LoadedModel:
-    """A Hugging Face Llama directory as a loaded model (its tokenizer is required)."""
+def load_hf_model(directory: Path, seq_len: int | None = None) -> LoadedModel:
+    """A Hugging Face Llama directory as a loaded model (its tokenizer is required).
+
+    Its context (`data.seq_len`, which bounds generation) is `seq_len`, else the directory's
+    `max_position_embeddings` (scalelab's export writes the context it trained on), else 2048.
+    """
     from hydra import compose, initialize_config_dir
 
     from scalelab.configs import CONFIG_DIR
@@ -77,6 +81,7 @@ def load_hf_model(directory: Path, seq_len: int = 256) -> LoadedModel:
     model = hf_checkpoint.load_hf(directory)
     if model.tokenizer is None:
         raise FileNotFoundError(f"{directory}: no tokenizer.json beside the model (eval and generate need one)")
+    seq_len = seq_len or hf_checkpoint.max_positions(directory)
     arch = {k: v for k, v in model.config.items() if k != "vocab"}
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         config = compose(config_name="train", overrides=["data=prepared", f"data.seq_len={seq_len}"])

@@ -7,7 +7,8 @@ All take q BxTxNxH and k, v BxTxKxH (K divides N: grouped-query attention) and r
 * `blockwise`: queries in blocks of `block` rows, each attending only to the keys up to its own
   last row, so the masked upper triangle is (almost) never computed and each block's scores stay
   small enough for the CPU's caches (much faster than `xla` on CPUs, see NOTES.md); the math is the
-  same softmax, so results agree to rounding.
+  same softmax, so results agree to rounding. Its blocks call `masked_attention`, the formula the KV
+  cache's decoding uses as well.
 * `splash`: the Pallas splash-attention kernel for TPUs (`splash_causal(..., interpret=True)` runs
   it anywhere, slowly; the tests use that).
 * `auto`: what `resolve` picks for the platform: cudnn on GPUs in bf16, splash on TPUs when the
@@ -49,20 +50,32 @@ def block_size(seq_len: int) -> int:
 
 
 def blockwise_causal(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, block: int | None = None):
-    B, T, N, H = q_BxTxNxH.shape
-    K = k_BxTxKxH.shape[2]
+    T = q_BxTxNxH.shape[1]
     block = block or block_size(T)
-    q_BxTxKxGxH = (q_BxTxNxH * jnp.asarray(H**-0.5, q_BxTxNxH.dtype)).reshape(B, T, K, N // K, H)
     outs = []
     for lo in range(0, T, block):
         hi = min(lo + block, T)
-        scores_BxKxGxQxS = jnp.einsum("bqkgh,bskh->bkgqs", q_BxTxKxGxH[:, lo:hi], k_BxTxKxH[:, :hi],
-                                      preferred_element_type=jnp.float32)
         visible_QxS = (lo + jnp.arange(hi - lo))[:, None] >= jnp.arange(hi)[None, :]
-        scores_BxKxGxQxS = jnp.where(visible_QxS, scores_BxKxGxQxS, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores_BxKxGxQxS, axis=-1).astype(v_BxTxKxH.dtype)
-        outs.append(jnp.einsum("bkgqs,bskh->bqkgh", probs, v_BxTxKxH[:, :hi]))
-    return jnp.concatenate(outs, axis=1).reshape(B, T, N, H)
+        outs.append(masked_attention(q_BxTxNxH[:, lo:hi], k_BxTxKxH[:, :hi], v_BxTxKxH[:, :hi], visible_QxS))
+    return jnp.concatenate(outs, axis=1)
+
+
+def masked_attention(q_BxQxNxH, k_BxSxKxH, v_BxSxKxH, visible_QxS):
+    """Softmax attention of Q queries over S keys where `visible` (QxS, or BxQxS per row) is true.
+
+    The one formula of every CPU path: the blockwise kernel's blocks and the KV cache's decoding
+    (scalelab/infer/generate.py) both call it, so that cached decoding computes what training did:
+    queries scaled by 1/sqrt(H) in their dtype, scores accumulated in float32, hidden keys at
+    float32's lowest value (they get exactly zero weight), probabilities cast to the values' dtype.
+    """
+    B, Q, N, H = q_BxQxNxH.shape
+    K = k_BxSxKxH.shape[2]
+    q_BxQxKxGxH = (q_BxQxNxH * jnp.asarray(H**-0.5, q_BxQxNxH.dtype)).reshape(B, Q, K, N // K, H)
+    scores_BxKxGxQxS = jnp.einsum("bqkgh,bskh->bkgqs", q_BxQxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32)
+    visible = visible_QxS if visible_QxS.ndim == 2 else visible_QxS[:, None, None]  # BxQxS -> Bx1x1xQxS
+    scores_BxKxGxQxS = jnp.where(visible, scores_BxKxGxQxS, jnp.finfo(jnp.float32).min)
+    probs_BxKxGxQxS = jax.nn.softmax(scores_BxKxGxQxS, axis=-1).astype(v_BxSxKxH.dtype)
+    return jnp.einsum("bkgqs,bskh->bqkgh", probs_BxKxGxQxS, v_BxSxKxH).reshape(B, Q, N, H)
 
 
 def splash_causal(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, interpret: bool = False):

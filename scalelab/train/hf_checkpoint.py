@@ -90,6 +90,12 @@ def load_hf(directory: str | Path, eos_token: str | None = None) -> HFModel:
     return HFModel(config, params, tokenizer)
 
 
+def max_positions(directory: str | Path, default: int = 2048) -> int:
+    """The context a Hugging Face directory's model declares (`max_position_embeddings`)."""
+    config = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    return int(config.get("max_position_embeddings") or default)
+
+
 # ---- init_from=hf:DIR ----------------------------------------------------------------------------
 
 HF_PREFIX = "hf:"
