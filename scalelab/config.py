@@ -85,6 +85,9 @@ class TrainConfig:
     grad_accum: int = 0  # microbatches per step, accumulated inside the jitted step; 0: auto (step.auto_grad_accum)
     remat: str = "none"  # none | full | dots
     progress: bool = True
+    # seconds without progress before the run ends itself (status failed, stacks in train.log, exit 5);
+    # 0: never; unset: scaled from the measured step and eval times (scalelab/runtime/watchdog.py)
+    stall_timeout: float | None = None
 
 
 @dataclass
@@ -293,6 +296,9 @@ def validate(cfg: DictConfig) -> None:
                 "optimizer.clip", "schedule.warmup", "schedule.final_lr_ratio"]:
         if _get(cfg, key) < 0:
             raise ConfigError(key, f"must be zero or positive; got {_get(cfg, key)!r}")
+    stall = _get(cfg, "train.stall_timeout")
+    if stall is not None and stall < 0:
+        raise ConfigError("train.stall_timeout", f"must be zero (off) or positive seconds, or unset (auto); got {stall!r}")
 
     m = cfg.model
     if m.n_heads % m.n_kv_heads:

@@ -34,6 +34,22 @@ class PackedLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="scalelab")
 
 
+class SharedRunDir(ValueError):
+    """Two jobs of one launch would train different configs in one run directory (nothing trained)."""
+
+
+def refuse_shared_run_dirs(returns, jobs) -> None:
+    from omegaconf import OmegaConf
+
+    from scalelab.sweep.plan import colliding_jobs
+
+    clashes = colliding_jobs([(" ".join(filter_overrides(ret.overrides or [])), str(job.run_dir),
+                               OmegaConf.to_container(job.cfg, resolve=True)) for ret, job in zip(returns, jobs, strict=True)])
+    if clashes:
+        raise SharedRunDir("jobs of this sweep would share a run directory (make hydra.sweep.subdir name what "
+                           "varies); nothing was trained:\n  " + "\n  ".join(clashes))
+
+
 def _collect(cfg: DictConfig):
     """The task Hydra runs for each job here: only note its config and run directory."""
     return copy.deepcopy(cfg), Path(HydraConfig.get().runtime.output_dir)
@@ -77,6 +93,7 @@ class PackedLauncher(Launcher):
         for ret in returns:
             cfg, run_dir = ret.return_value
             jobs.append(Job(cfg=cfg, run_dir=run_dir))
+        refuse_shared_run_dirs(returns, jobs)
         logging.getLogger("scalelab").setLevel(logging.INFO)
         run_jobs(jobs, self.max_members, self.steps_per_call)
         for ret, job in zip(returns, jobs, strict=True):

@@ -44,7 +44,9 @@ class IsoFlopSweeperConf:
     skip_completed: bool = True  # do not launch jobs whose run dir completed with the same config
     jax_cache_dir: str | None = "${hydra.sweep.dir}/.jax_cache"  # JAX persistent compilation cache
     max_batch_size: int | None = None  # jobs per launcher call (None: all at once)
-    params: dict[str, str] | None = None  # extra sweep overrides, as the basic sweeper's params
+    # extra sweep overrides, as the basic sweeper's params ({key: "v1,v2"}). Typed Any: OmegaConf cannot
+    # merge `hydra.sweeper.params={train.seed:"0,1"}` from the command line into a null typed dict
+    params: Any = None
     # lr factors: each planned run becomes one run per factor x its own lr (optimizer.lr_law or optimizer.lr)
     lr_grid: list[float] = field(default_factory=list)
 
@@ -86,7 +88,10 @@ class IsoFlopSweeper(Sweeper):
         self.skip_completed = bool(skip_completed)
         self.jax_cache_dir = jax_cache_dir
         self.max_batch_size = max_batch_size
-        self.params = dict(params or {})
+        if params is not None and not hasattr(params, "items"):
+            raise PlanError(f"hydra.sweeper.params takes a mapping of sweep overrides, e.g. "
+                            f"{{train.seed: '0,1'}}; got {params!r}")
+        self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.lr_grid = [float(f) for f in (lr_grid or [])]
         if any(f <= 0 for f in self.lr_grid):
             raise PlanError(f"hydra.sweeper.lr_grid takes positive lr factors, e.g. [0.5,1,2]; got {self.lr_grid}")
@@ -139,6 +144,7 @@ class IsoFlopSweeper(Sweeper):
         for lr, overrides in grid:
             member, member_cfg = copy.copy(job), copy.deepcopy(cfg)
             member.extra = [*extra, *overrides]
+            member.overrides = sweep.job_overrides(member)  # what is launched carries the member's lr
             with open_dict(member_cfg):
                 member_cfg.optimizer.lr, member_cfg.optimizer.lr_law = lr, None
             out.append((member, member_cfg))
@@ -206,6 +212,11 @@ class IsoFlopSweeper(Sweeper):
                 raise PlanError(f"{' '.join(job.overrides)}: config error: {exc}") from exc
             self._job_configs.append(cfg)
         jobs = [job for job, _ in jobs]
+        clashes = sweep.colliding_jobs([(" ".join(job.overrides), job.subdir, OmegaConf.to_container(cfg, resolve=True))
+                                        for job, cfg in zip(jobs, self._job_configs, strict=True)])
+        if clashes:
+            raise PlanError("jobs of this sweep would share a run directory (make hydra.sweep.subdir name what "
+                            "varies):\n  " + "\n  ".join(clashes))
         self.plan = sweep.Plan(jobs=jobs, notes=notes, window=self.window, tolerance=self.tolerance,
                                flops_per_second=self.flops_per_second, startup_seconds=self.startup_seconds)
         return self.plan

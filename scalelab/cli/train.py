@@ -23,6 +23,7 @@ from scalelab import paths
 from scalelab.config import ConfigError
 from scalelab.configs import CONFIG_DIR
 from scalelab.runfiles import METRICS, START_FILES, SUMMARY
+from scalelab.runtime import watchdog
 from scalelab.train.checkpoint import CheckpointError
 from scalelab.train.loop import Diverged
 from scalelab.train.preemption import EXIT_PREEMPTED
@@ -37,6 +38,7 @@ for _name in ("botocore", "aiobotocore", "s3fs", "gcsfs"):  # object-store clien
 
 EXIT_CONFIG_ERROR = 2  # the run could not start: a config, data path, run directory or checkpoint error
 EXIT_DIVERGED = 4
+EXIT_STALLED = watchdog.EXIT_STALLED  # 5: no progress for train.stall_timeout; summary.json says where
 # errors whose message names the key or file at fault: printed as they are, at any point of a run
 KNOWN_ERRORS = (ConfigError, RunDirError, CheckpointError)
 
@@ -134,4 +136,4 @@ def main(cfg: DictConfig) -> None:
              summary["status"], summary["final_eval_loss"], summary["final_eval_bpb"], summary["wall_seconds"])
 
 
-__all__ = ["EXIT_CONFIG_ERROR", "EXIT_DIVERGED", "EXIT_PREEMPTED", "main"]
+__all__ = ["EXIT_CONFIG_ERROR", "EXIT_DIVERGED", "EXIT_PREEMPTED", "EXIT_STALLED", "main"]

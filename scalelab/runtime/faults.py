@@ -7,6 +7,8 @@
     restore:N        the N-th checkpoint restore raises one (N may be `*`: every restore)
     die_at_step:K    the process ends at once (os._exit, no clean-up) once it has dispatched step K
     step_delay:S     every step takes S seconds longer (so that a signal sent from outside lands mid-run)
+    stall_at_step:K  the process stops making progress once it has dispatched step K (sleeps forever:
+                     what a hung collective looks like from the outside; the watchdog's test)
 
 Unset, nothing here costs more than one dict lookup. Counts are per process and start at 1.
 """
@@ -18,7 +20,7 @@ import os
 import time
 
 ENV = "SCALELAB_FAULTS"
-KINDS = ("save", "restore", "die_at_step", "step_delay")
+KINDS = ("save", "restore", "die_at_step", "step_delay", "stall_at_step")
 EXIT_DIED = 137  # what a SIGKILL looks like to a shell
 
 _counts: dict[str, int] = {}
@@ -67,7 +69,7 @@ def maybe_fail(operation: str, what: str) -> None:
 
 
 def at_step(step: int) -> None:
-    """The per-step faults: a slower step, or the process dying after step `step`."""
+    """The per-step faults: a slower step, the process dying or stalling after step `step`."""
     faults = active()
     if not faults:
         return
@@ -75,6 +77,9 @@ def at_step(step: int) -> None:
         time.sleep(float(faults["step_delay"]))
     if "die_at_step" in faults and int(faults["die_at_step"]) == step:
         os._exit(EXIT_DIED)
+    if "stall_at_step" in faults and int(faults["stall_at_step"]) == step:
+        while True:
+            time.sleep(3600)
 
 
 def reset() -> None:

@@ -151,6 +151,28 @@ def lr_grid_overrides(cfg, shape: ledger.Shape, tokens: int, factors) -> list[tu
     return [(float(f"{centre * f:.4g}"), [f"optimizer.lr={centre * f:.4g}", *off]) for f in factors]
 
 
+def colliding_jobs(jobs) -> list[str]:
+    """What is wrong with jobs of one sweep, given as (label, run directory, resolved config), that
+    resolve to the same run directory with configs that train differently: one line per clash,
+    naming both jobs and the keys that differ. (Two such jobs would resume each other's checkpoints,
+    or the second would find the first completed and not run.)"""
+    from scalelab.train.rundir import config_differences
+
+    first, clashes = {}, []
+    for label, run_dir, config in jobs:
+        if run_dir is None:
+            continue
+        if run_dir not in first:
+            first[run_dir] = (label, config)
+            continue
+        other, other_config = first[run_dir]
+        differ = config_differences(other_config, config)
+        if differ:
+            shown = ", ".join(differ[:6]) + (" ..." if len(differ) > 6 else "")
+            clashes.append(f"'{other}' and '{label}' both run in {run_dir} but differ in {shown}")
+    return clashes
+
+
 def job_overrides(job: PlannedJob) -> list[str]:
     return [*job.extra, f"model={job.model}", f"data.tokens={job.tokens}", f"budget={fmt_budget(job.budget)}"]
 

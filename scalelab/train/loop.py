@@ -16,7 +16,7 @@ import numpy as np
 
 from scalelab.data import pipeline
 from scalelab.runfiles import TRAIN_LOG
-from scalelab.runtime import hardware
+from scalelab.runtime import hardware, watchdog
 from scalelab.train.build import Run
 from scalelab.train.progress import Progress
 
@@ -29,17 +29,30 @@ class Diverged(RuntimeError):
         self.step = step
 
 
-def evaluate(run: Run, params, batches) -> float:
-    """Mean loss over the held-out batches."""
-    losses = [run.steps.eval_step(params, run.to_global(b)) for b in batches]
-    return float(np.mean([float(x) for x in losses]))
+def evaluate(run: Run, params, batches, beat=None) -> float:
+    """Mean loss over the held-out batches, one batch in flight at a time.
+
+    Dispatching every batch at once (64 by default) deadlocked two-process runs on CPUs about half
+    the time: each eval step is a collective program (FSDP all-gathers) and XLA:CPU launched them
+    on a process's two devices out of step, one device's launch waiting for a slot while its peer
+    sat in an all-gather of the program it had not started (NOTES.md has the stacks). Waiting for
+    each loss costs a few microseconds of dispatch per batch. `beat()` is called after each batch
+    (the watchdog's progress).
+    """
+    losses = []
+    for b in batches:
+        losses.append(float(run.steps.eval_step(params, run.to_global(b))))
+        if beat is not None:
+            beat()
+    return float(np.mean(losses))
 
 
 class Recorder:
     """Turns each step's metrics into a `metrics.jsonl` row (speed, MFU, eval loss on eval steps)."""
 
-    def __init__(self, run: Run, runlog, bar, eval_set, start_step: int, peak: float):
+    def __init__(self, run: Run, runlog, bar, eval_set, start_step: int, peak: float, dog=watchdog.OFF):
         self.run, self.runlog, self.bar, self.eval_set, self.peak = run, runlog, bar, eval_set, peak
+        self.dog = dog
         self.last_step, self.last_time = start_step, time.time()
         self.eval_seconds = 0.0
         self.last_row: dict = {}
@@ -58,7 +71,8 @@ class Recorder:
         row = {"step": step, "tokens": step * tps, "flops": step * tps * fpt, **values,
                "tokens_per_second": speed, "mfu": speed * fpt / self.peak}
         if evaluate_now:
-            row["eval_loss"] = evaluate(self.run, params, self.eval_set)
+            self.dog.beat("eval", step)
+            row["eval_loss"] = evaluate(self.run, params, self.eval_set, beat=lambda: self.dog.beat("eval", step))
             row["eval_bpb"] = self.run.bpb(row["eval_loss"])
             self.eval_seconds += time.time() - now
             now = time.time()
@@ -81,8 +95,10 @@ def data_streams(run: Run, data_state, threads: bool = True):
     return data_iter, eval_set
 
 
-def train_loop(run: Run, state, data_state, start_step: int, ckpt, runlog, summary: dict, guard) -> dict:
-    """Train from `start_step` to the end (or a preemption); the summary's final fields."""
+def train_loop(run: Run, state, data_state, start_step: int, ckpt, runlog, summary: dict, guard,
+               dog=watchdog.OFF) -> dict:
+    """Train from `start_step` to the end (or a preemption); the summary's final fields. Progress
+    is reported to `dog` (runtime/watchdog.py) after each step, eval batch and checkpoint save."""
     from scalelab.train.summary import checkpoint_meta
 
     t, total = run.cfg.train, run.plan.steps
@@ -92,8 +108,9 @@ def train_loop(run: Run, state, data_state, start_step: int, ckpt, runlog, summa
     loop_start, first_done, pending = time.time(), None, None
     hyper = run.hyper_input()
     with Progress(total, enabled=run.is_main and t.progress, log_file=run.run_dir / TRAIN_LOG) as bar:
-        rec = Recorder(run, runlog, bar, eval_set, start_step, peak)
+        rec = Recorder(run, runlog, bar, eval_set, start_step, peak, dog)
         bar.update(start_step, None)
+        dog.beat("train step", start_step)
         for step in range(start_step + 1, total + 1):
             state, metrics = run.steps.train_step(state, run.to_global(next(data_iter)), hyper)
             if pending is not None:
@@ -108,13 +125,16 @@ def train_loop(run: Run, state, data_state, start_step: int, ckpt, runlog, summa
                 pending = None
                 eval_loss = rec.last_row["eval_loss"] if is_eval else eval_loss
                 if step == total or is_ckpt or guard.requested:
+                    dog.beat("checkpoint save", step)
                     ckpt.save(step, state, data_iter.get_state(), checkpoint_meta(run, step), force=True)
                 if guard.requested:
                     log.warning("signal %s: saved a checkpoint at step %d, stopping", guard.signum, step)
                     break
+            dog.beat("train step", step)
     speed = steady_speed(run, rec, first_done, loop_start, peak)
     if eval_loss is None:  # resumed from the final checkpoint of a run killed before its summary
-        eval_loss = evaluate(run, state["params"], eval_set)
+        dog.beat("eval", rec.last_step)
+        eval_loss = evaluate(run, state["params"], eval_set, beat=lambda: dog.beat("eval", rec.last_step))
     result = {"final_eval_loss": eval_loss, "final_train_loss": rec.last_row.get("train_loss"),
               "final_eval_bpb": run.bpb(eval_loss) if eval_loss is not None else None,
               "peak_flops": peak, "peak_method": peak_method, "steps_done": rec.last_step}

@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 
 from scalelab.config import ConfigError, check_keys
 from scalelab.data import pipeline
-from scalelab.runtime import distributed
+from scalelab.runfiles import TRAIN_LOG
+from scalelab.runtime import distributed, watchdog
 from scalelab.train import placement, trackers
 from scalelab.train.build import Run, build_run
 from scalelab.train.checkpoint import Checkpointer, checkpoint_dir
@@ -28,7 +29,7 @@ from scalelab.train.loop import Diverged, train_loop
 from scalelab.train.mirror import RunMirror, locate
 from scalelab.train.preemption import PreemptionGuard
 from scalelab.train.rundir import RunLock, previous_state, truncate_metrics
-from scalelab.train.runlog import RunLog, read_summary
+from scalelab.train.runlog import RunLog, read_summary, write_summary
 from scalelab.train.start import initial_state
 from scalelab.train.summary import base_summary
 from scalelab.train.trackers import Trackers
@@ -97,8 +98,18 @@ def fit(run: Run, resuming: bool, attempt: Attempt | None = None, mirror: RunMir
     c = run.cfg.checkpoint
     ckpt = Checkpointer(run.run_dir, keep=c.keep, async_save=c.async_save, steps=c.steps,
                         on_complete=mirror.push if mirror else None)
-    runlog, started = None, time.time()
+    started = time.time()
+    dog = watchdog.Watchdog(run.cfg.train.stall_timeout, run.run_dir / TRAIN_LOG, process=jax.process_index(),
+                            on_stall=lambda message: stalled(run, summary, started, message))
+    with dog:
+        return _fit(run, resuming, attempt, mirror, summary, ckpt, started, dog)
+
+
+def _fit(run: Run, resuming: bool, attempt: Attempt, mirror, summary: dict, ckpt: Checkpointer, started: float,
+         dog) -> dict:
+    runlog = None
     try:
+        dog.beat("start (init or restore)", 0)
         state, data_state, start_step = initial_state(run, ckpt)
     except BaseException as exc:
         failed(run, summary, runlog, ckpt, started, exc, mirror)
@@ -114,9 +125,10 @@ def fit(run: Run, resuming: bool, attempt: Attempt | None = None, mirror: RunMir
         if mirror:
             mirror.push()  # the store's summary says running, its metrics end at the resume step
         with PreemptionGuard() as guard:
-            summary.update(train_loop(run, state, data_state, start_step, ckpt, runlog, summary, guard))
+            summary.update(train_loop(run, state, data_state, start_step, ckpt, runlog, summary, guard, dog))
             summary["status"] = "preempted" if guard.requested else "completed"
             if guard.requested:
+                dog.beat("finish (the last checkpoint)", summary.get("steps_done") or 0)
                 finish(run, summary, runlog, ckpt, started, mirror)
                 guard.hand_over()
     except Diverged as exc:
@@ -129,8 +141,17 @@ def fit(run: Run, resuming: bool, attempt: Attempt | None = None, mirror: RunMir
             raise
         failed(run, summary, runlog, ckpt, started, exc, mirror)
         raise
+    dog.beat("finish (the last checkpoint)", summary.get("steps_done") or 0)
     finish(run, summary, runlog, ckpt, started, mirror)
     return summary
+
+
+def stalled(run: Run, summary: dict, started: float, message: str) -> None:
+    """The watchdog's record of a run that stopped making progress (its thread; the process ends next)."""
+    summary.update(status="failed", error={"message": message, "stalled": True},
+                   wall_seconds=round(time.time() - started, 3))
+    if run.is_main:
+        write_summary(run.run_dir, summary)
 
 
 def failed(run: Run, summary: dict, runlog, ckpt: Checkpointer, started: float, exc: BaseException,

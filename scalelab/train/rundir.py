@@ -23,7 +23,7 @@ LOCK = ".lock"
 # not the mathematics of training
 RESUMABLE_CHANGES = (
     "mesh", "distributed", "checkpoint", "train.progress", "train.remat", "train.grad_accum",
-    "train.log_every", "data.prefetch", "model.attention", "logger",
+    "train.log_every", "train.stall_timeout", "data.prefetch", "model.attention", "logger",
 )
 
 

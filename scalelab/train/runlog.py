@@ -67,6 +67,11 @@ def versions() -> dict:
     return out
 
 
+def write_summary(run_dir, fields: dict) -> None:
+    """summary.json, replaced atomically (NaN and Inf as strings: JSON has neither)."""
+    write_json_atomic(Path(run_dir) / SUMMARY, {k: _clean(v) for k, v in fields.items()})
+
+
 def read_summary(run_dir) -> dict | None:
     path = Path(run_dir) / SUMMARY
     return json.loads(path.read_text()) if path.exists() else None
@@ -109,7 +114,7 @@ class RunLog:
     def summary(self, fields: dict) -> None:
         if self.enabled:
             self._last_summary = fields
-            write_json_atomic(self.run_dir / SUMMARY, {k: _clean(v) for k, v in fields.items()})
+            write_summary(self.run_dir, fields)
 
     def close(self) -> None:
         if self._metrics is not None:

@@ -359,3 +359,43 @@ def test_isoflop_lr_grid_sweeps_factors_around_the_law_dry_run(tmp_path):
         lr = float(re.search(r"optimizer\.lr=([0-9.e+-]+)", " ".join(cells)).group(1))
         ratios.add(round(lr / law.lr(n, d), 2))
     assert ratios == {0.5, 1.0, 2.0}
+
+
+def test_an_lr_grid_with_seeds_from_the_sweeper_s_params_launches_what_it_planned(tmp_path, corpus):
+    """The quickstart's own study config (seeds in `hydra.sweeper.params`) with an lr grid: every
+    planned run is launched with its own lr, into its own directory."""
+    sweep_dir = tmp_path / "lr"
+    r = scalelab_train("--config-dir", str(REPO / "experiments/quickstart"), "--config-name", "study", "-m",
+                       "hydra.sweeper.budgets=[3e9]", "hydra.sweeper.models=[d8]", "hydra.sweeper.lr_grid=[0.5,2]",
+                       "hydra.sweeper.tokens_per_param=[1,100000]", "train.eval_tokens=512",
+                       f"hydra.sweep.dir={sweep_dir}", cwd=REPO, SCALELAB_HOST_DEVICES="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    planned = json.loads((sweep_dir / "plan.json").read_text())["jobs"]
+    assert len(planned) == 4 and len({j["subdir"] for j in planned}) == 4  # 2 seeds x 2 lrs, 4 directories
+    launched = {}
+    for job in planned:
+        summary = json.loads((sweep_dir / job["subdir"] / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        lr = float(next(o for o in job["overrides"] if o.startswith("optimizer.lr=")).split("=")[1])
+        seed = int(next(o for o in job["overrides"] if o.startswith("train.seed=")).split("=")[1])
+        assert summary["config"]["optimizer"]["lr"] == pytest.approx(lr) and summary["config"]["train"]["seed"] == seed
+        launched[(seed, lr)] = job["subdir"]
+    lrs = sorted({lr for _, lr in launched})
+    assert len(launched) == 4 and len(lrs) == 2 and lrs[1] / lrs[0] == pytest.approx(4, rel=1e-3)
+
+
+def test_jobs_that_would_share_a_run_directory_are_refused_before_training(tmp_path):
+    sweep_dir = tmp_path / "clash"
+    r = scalelab_train("-m", *ISO, "optimizer.lr=0.001,0.002", "hydra.sweep.subdir=same", "hydra.sweeper.dry_run=true",
+                       f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "would share a run directory" in r.stderr and "differ in" in r.stderr and "optimizer.lr" in r.stderr
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+    assert not sweep_dir.exists()
+
+
+def test_sweeper_params_given_on_the_command_line_with_none_in_the_config(tmp_path):
+    r = scalelab_train("-m", *ISO, 'hydra.sweeper.params={train.seed:"0,1"}', "hydra.sweeper.dry_run=true",
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(plan_rows(r.stdout)) == 6 and "train.seed=1" in r.stdout

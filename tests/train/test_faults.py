@@ -191,3 +191,39 @@ def test_a_restore_error_in_process_leaves_every_checkpoint(tmp_path, monkeypatc
     with pytest.raises(CheckpointError, match=r"checkpoints/12: OSError.*left in place"):
         run(compose_config(TINY + ["checkpoint.every=4", "checkpoint.keep=3"]), tmp_path)
     assert saved(tmp_path) == [4, 8, 12] and not (tmp_path / "checkpoints_damaged").exists()
+
+
+def test_the_watchdog_allows_a_fixed_time_or_a_multiple_of_the_phase_s_longest_gap():
+    from scalelab.runtime import watchdog
+
+    assert watchdog.allowed(7.0, longest=100.0) == 7.0  # a fixed timeout is the same for every phase
+    assert watchdog.allowed(None, longest=None) == watchdog.FIRST  # not yet measured: it compiles
+    assert watchdog.allowed(None, longest=0.01) == watchdog.FLOOR
+    assert watchdog.allowed(None, longest=60.0) == watchdog.FACTOR * 60.0
+    dog = watchdog.Watchdog(None, None, on_stall=lambda message: None)
+    dog.beat("train step", 0)
+    dog.beat("train step", 1)  # the first gap (compilation) measures nothing
+    assert dog._longest == {}
+    dog.beat("train step", 2)
+    dog.beat("eval", 2)
+    assert set(dog._longest) == {"train step"} and not watchdog.Watchdog(0, None, print).enabled
+
+
+@pytest.mark.slow
+def test_a_stalled_run_ends_itself_naming_the_stall_and_the_relaunch_resumes(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    started = time.time()
+    code, err = train(run_dir, *RUN, "train.stall_timeout=4", faults_spec="stall_at_step:10")
+    took = time.time() - started
+    assert code == 5, err[-3000:]  # EXIT_STALLED
+    summary = read_summary(run_dir)
+    assert summary["status"] == "failed" and summary["error"]["stalled"]
+    assert "no progress for" in summary["error"]["message"] and "phase 'train step'" in summary["error"]["message"]
+    log = (run_dir / "train.log").read_text()
+    assert "==== process 0: stalled" in log and "in at_step" in log  # the stuck thread's stack, in the run's log
+    assert took < 4 + 60, f"the stalled run took {took:.0f} s to end"  # start-up and compilation, then 4 s
+    assert saved(run_dir) == [4, 8]
+    code, err = train(run_dir, *RUN, "train.stall_timeout=4")
+    assert code == 0, err[-3000:]
+    assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["resumed_from"] == [8]
+    assert losses(run_dir) == uninterrupted  # bitwise, each step once

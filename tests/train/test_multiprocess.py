@@ -119,3 +119,44 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step_and_the_relaunch_
     assert [r["step"] for r in ours] == [r["step"] for r in theirs] == list(range(1, 41))
     for a, b in zip(ours, theirs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), a["step"]
+
+
+STALL_TIMEOUT = 6  # seconds
+STALL_MARGIN = 20  # seconds for the watchdog's poll, the stack dumps and the processes' exit
+
+
+@pytest.mark.slow
+def test_a_stall_in_one_process_ends_both_naming_it_and_the_relaunch_resumes(tmp_path):
+    every8 = [o for o in LONG if not o.startswith("checkpoint.every")] + ["checkpoint.every=8"]
+    single = tmp_path / "single"
+    proc = subprocess.run(command(single, *every8), cwd=REPO, env=env_with(4), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+
+    multi = tmp_path / "multi"
+    procs = start_pair(multi, *every8, f"train.stall_timeout={STALL_TIMEOUT}",
+                       env_extra={faults.ENV: "stall_at_step:20@1"})  # process 1 stops after step 20
+    deadline = time.time() + 300
+    while len(read_metrics(multi)) < 19 and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    stalled_at = time.time()
+    outputs = wait_pair(procs, timeout=300)
+    ended = time.time() - stalled_at
+    assert [p.returncode for p in procs] == [5, 5], outputs[0][-3000:] + outputs[1][-3000:]  # EXIT_STALLED
+    assert ended < STALL_TIMEOUT + STALL_MARGIN, f"the stalled pair took {ended:.0f} s to end"
+    summary = read_summary(multi)
+    assert summary["status"] == "failed" and summary["error"]["stalled"], summary.get("error")
+    assert re.search(r"no progress for \d+ s .* in phase '(train step|checkpoint save)' (after|at) step \d+",
+                     summary["error"]["message"]), summary["error"]["message"]
+    log = (multi / "train.log").read_text()
+    assert "==== process 0: stalled" in log and "==== process 1: stalled" in log  # both processes' stacks
+    assert "in at_step" in log  # process 1's stuck thread, where the fault holds it
+
+    outputs = wait_pair(start_pair(multi, *every8, f"train.stall_timeout={STALL_TIMEOUT}"))
+    assert [o for o in outputs if "Traceback" in o] == []
+    summary = read_summary(multi)
+    assert summary["status"] == "completed" and summary["resumed_from"] == [16]
+    ours, theirs = read_metrics(multi), read_metrics(single)
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == list(range(1, 41))
+    for a, b in zip(ours, theirs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), a["step"]

@@ -1,0 +1,143 @@
+"""A run that stops making progress ends itself, with a reason, instead of holding its nodes.
+
+The run reports progress as it goes (`beat(phase, step)`: after each train step, each eval batch,
+around checkpoint saves, restores and the final wait for the last save). A daemon thread checks the
+time since the last report; once it exceeds what the current phase is allowed, it
+
+  1. appends every thread's Python stack of this process to the run's `train.log` (each process of
+     a multi-process run does, under a header naming it: a stall in one process leaves its peers
+     waiting in a collective, so their watchdogs fire too),
+  2. calls the run's `on_stall` with a message naming the phase and the step (process 0 writes
+     `status: failed` with that `error` into summary.json),
+  3. ends the process with EXIT_STALLED. The stuck thread sits in native code that no Python
+     exception reaches; `os._exit` is the only way out that a scheduler sees at once.
+
+What a phase is allowed (`train.stall_timeout`):
+  * a number of seconds: that, for every phase;
+  * 0: no watchdog;
+  * unset (the default): `FLOOR` seconds, or `FACTOR` times the longest gap between two reports of
+    that phase seen so far in this process if that is longer, not counting the phase's first gap
+    (the first step and the first eval compile); a phase not yet measured gets `FIRST` seconds.
+A phase is reported when it starts and after each unit of its work, so the time since the last
+report is charged to the phase now running.
+The watchdog's own thread never touches JAX, so it runs whatever the devices are doing.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("scalelab")
+
+EXIT_STALLED = 5
+FLOOR = 300.0  # seconds: the least any measured phase is allowed
+FACTOR = 20.0  # times the longest gap seen in that phase
+FIRST = 1800.0  # seconds for a phase not yet measured (it compiles)
+POLL = 1.0  # seconds between the thread's checks (at most a tenth of a fixed timeout)
+
+
+class _Off:
+    """The watchdog of code run without one (tests, notebooks): progress reports go nowhere."""
+
+    def beat(self, phase: str, step: int) -> None:
+        pass
+
+
+OFF = _Off()
+
+
+def allowed(timeout: float | None, longest: float | None) -> float:
+    """Seconds a phase may go without a report: fixed, or scaled from its longest gap so far."""
+    if timeout:
+        return float(timeout)
+    if longest is None:
+        return FIRST
+    return max(FLOOR, FACTOR * longest)
+
+
+class Watchdog:
+    """One per process of a run; `with Watchdog(...) as dog:` starts and stops its thread."""
+
+    def __init__(self, timeout: float | None, log_path: Path | None, on_stall: Callable[[str], None],
+                 process: int = 0):
+        self.timeout = timeout
+        self.enabled = timeout is None or timeout > 0
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.on_stall = on_stall
+        self.process = process
+        self._phase, self._step = "start", 0
+        self._last = time.monotonic()
+        self._longest: dict[str, float] = {}
+        self._gaps: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self, phase: str, step: int) -> None:
+        """Progress: `phase` ("train step", "eval", "checkpoint save", ...) reached `step`."""
+        now = time.monotonic()
+        with self._lock:
+            if phase == self._phase:  # a gap between two reports of one phase measures it
+                self._gaps[phase] = self._gaps.get(phase, 0) + 1
+                if self._gaps[phase] > 1:  # the phase's first gap compiles: not a measure of it
+                    self._longest[phase] = max(now - self._last, self._longest.get(phase, 0.0))
+            self._phase, self._step, self._last = phase, step, now
+
+    def __enter__(self) -> Watchdog:
+        if self.enabled:
+            self._last = time.monotonic()
+            self._thread = threading.Thread(target=self._watch, name="scalelab-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        poll = min(POLL, self.timeout / 10) if self.timeout else POLL
+        while not self._done.wait(poll):
+            with self._lock:
+                phase, step = self._phase, self._step
+                waited = time.monotonic() - self._last
+                limit = allowed(self.timeout, self._longest.get(phase))
+            if waited > limit:
+                self._stalled(phase, step, waited, limit)
+                return
+
+    def _stalled(self, phase: str, step: int, waited: float, limit: float) -> None:
+        where = f"after step {step}" if phase == "train step" else f"at step {step}"
+        message = (f"stalled: no progress for {waited:.0f} s (allowed {limit:.0f} s) in phase '{phase}' {where} "
+                   f"on process {self.process}; every thread's stack is in train.log")
+        log.error("%s", message)
+        self._dump_stacks(message)
+        try:
+            self.on_stall(message)
+        except Exception as exc:  # noqa: BLE001 - the exit below must happen whatever the summary does
+            log.error("writing the stall into the summary failed: %s", exc)
+        for handler in logging.getLogger().handlers + log.handlers:
+            try:
+                handler.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        sys.stderr.flush()
+        os._exit(EXIT_STALLED)
+
+    def _dump_stacks(self, message: str) -> None:
+        targets = [sys.stderr]
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            targets.append(open(self.log_path, "a"))  # noqa: SIM115 - closed below
+        for out in targets:
+            out.write(f"\n==== process {self.process}: {message}\n")
+            out.flush()
+            faulthandler.dump_traceback(out, all_threads=True)
+            out.flush()
+            if out is not sys.stderr:
+                out.close()
