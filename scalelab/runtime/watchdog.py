@@ -13,11 +13,15 @@ time since the last report; once it exceeds what the current phase is allowed, i
      exception reaches; `os._exit` is the only way out that a scheduler sees at once.
 
 What a phase is allowed (`train.stall_timeout`):
-  * a number of seconds: that, for every phase;
+  * a number of seconds: that, for every phase once the first train step has completed (start-up,
+    restore and the first step's compilation get at least `FIRST`: a compilation is not a stall);
   * 0: no watchdog;
   * unset (the default): `FLOOR` seconds, or `FACTOR` times the longest gap between two reports of
     that phase seen so far in this process if that is longer, not counting the phase's first gap
-    (the first step and the first eval compile); a phase not yet measured gets `FIRST` seconds.
+    (the first step and the first eval compile). A phase not yet measured gets `FLOOR`, or `FACTOR`
+    times the slowest gap of any phase so far, compilations included (an eval compiles a smaller
+    program than the train step did); before anything was measured (start-up, restore, the first
+    step's compilation) a run gets `FIRST` seconds.
 A phase is reported when it starts and after each unit of its work, so the time since the last
 report is charged to the phase now running.
 The watchdog's own thread never touches JAX, so it runs whatever the devices are doing.
@@ -39,7 +43,7 @@ log = logging.getLogger("scalelab")
 EXIT_STALLED = 5
 FLOOR = 300.0  # seconds: the least any measured phase is allowed
 FACTOR = 20.0  # times the longest gap seen in that phase
-FIRST = 1800.0  # seconds for a phase not yet measured (it compiles)
+FIRST = 1800.0  # seconds before anything was measured (start-up, restore, the first compilation)
 POLL = 1.0  # seconds between the thread's checks (at most a tenth of a fixed timeout)
 
 
@@ -53,29 +57,34 @@ class _Off:
 OFF = _Off()
 
 
-def allowed(timeout: float | None, longest: float | None) -> float:
-    """Seconds a phase may go without a report: fixed, or scaled from its longest gap so far."""
+def allowed(timeout: float | None, longest: float | None, slowest: float | None = None,
+            trained: bool = True) -> float:
+    """Seconds a phase may go without a report: fixed, or scaled from its own longest gap so far, or
+    (not measured yet) from the slowest gap of any phase; at least FIRST until a step has `trained`."""
     if timeout:
-        return float(timeout)
+        return float(timeout) if trained else max(float(timeout), FIRST)
     if longest is None:
-        return FIRST
+        return FIRST if slowest is None else max(FLOOR, FACTOR * slowest)
     return max(FLOOR, FACTOR * longest)
 
 
 class Watchdog:
     """One per process of a run; `with Watchdog(...) as dog:` starts and stops its thread."""
 
-    def __init__(self, timeout: float | None, log_path: Path | None, on_stall: Callable[[str], None],
-                 process: int = 0):
+    def __init__(self, timeout: float | None, log_paths, on_stall: Callable[[str], None], process: int = 0):
+        """`log_paths`: the train.log (or, for a packed group, every member's) that gets the stacks."""
         self.timeout = timeout
         self.enabled = timeout is None or timeout > 0
-        self.log_path = Path(log_path) if log_path is not None else None
+        paths = [] if log_paths is None else [log_paths] if isinstance(log_paths, str | Path) else log_paths
+        self.log_paths = [Path(p) for p in paths]
         self.on_stall = on_stall
         self.process = process
         self._phase, self._step = "start", 0
         self._last = time.monotonic()
         self._longest: dict[str, float] = {}
         self._gaps: dict[str, int] = {}
+        self._slowest: float | None = None  # the slowest gap of any phase (compilations included)
+        self._train_steps: set[int] = set()  # steps reported by "train step" (two: one has completed)
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,11 +93,15 @@ class Watchdog:
         """Progress: `phase` ("train step", "eval", "checkpoint save", ...) reached `step`."""
         now = time.monotonic()
         with self._lock:
+            if self._phase != "start":
+                self._slowest = max(now - self._last, self._slowest or 0.0)
             if phase == self._phase:  # a gap between two reports of one phase measures it
                 self._gaps[phase] = self._gaps.get(phase, 0) + 1
                 if self._gaps[phase] > 1:  # the phase's first gap compiles: not a measure of it
                     self._longest[phase] = max(now - self._last, self._longest.get(phase, 0.0))
             self._phase, self._step, self._last = phase, step, now
+            if phase == "train step" and len(self._train_steps) < 2:
+                self._train_steps.add(step)
 
     def __enter__(self) -> Watchdog:
         if self.enabled:
@@ -106,7 +119,7 @@ class Watchdog:
             with self._lock:
                 phase, step = self._phase, self._step
                 waited = time.monotonic() - self._last
-                limit = allowed(self.timeout, self._longest.get(phase))
+                limit = allowed(self.timeout, self._longest.get(phase), self._slowest, len(self._train_steps) > 1)
             if waited > limit:
                 self._stalled(phase, step, waited, limit)
                 return
@@ -131,9 +144,9 @@ class Watchdog:
 
     def _dump_stacks(self, message: str) -> None:
         targets = [sys.stderr]
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            targets.append(open(self.log_path, "a"))  # noqa: SIM115 - closed below
+        for path in self.log_paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            targets.append(open(path, "a"))  # noqa: SIM115 - closed below
         for out in targets:
             out.write(f"\n==== process {self.process}: {message}\n")
             out.flush()

@@ -30,6 +30,7 @@ import numpy as np
 
 from scalelab.config import ConfigError
 from scalelab.runfiles import TRAIN_LOG
+from scalelab.runtime import faults, watchdog
 from scalelab.train.build import Run
 from scalelab.train.checkpoint import Checkpointer
 from scalelab.train.loop import Diverged, Recorder, data_streams, evaluate
@@ -37,7 +38,7 @@ from scalelab.train.preemption import PreemptionGuard
 from scalelab.train.progress import Progress
 from scalelab.train.run import finish, open_log
 from scalelab.train.rundir import RunDirError, RunLock, previous_state
-from scalelab.train.runlog import read_metrics, read_summary
+from scalelab.train.runlog import read_metrics, read_summary, write_summary
 from scalelab.train.start import initial_state
 from scalelab.train.step import (
     build_member_parallel_step,
@@ -234,9 +235,10 @@ class PackedGroup:
         self.results[m.name] = m.summary
 
     def _complete(self, m: Member, params, peak: float, status: str) -> None:
-        if m.eval_loss is None:
-            m.eval_loss = evaluate(m.run, params, m.eval_set)
         rec = m.rec
+        if m.eval_loss is None:
+            rec.dog.beat("eval", m.step)
+            m.eval_loss = evaluate(m.run, params, m.eval_set, beat=lambda: rec.dog.beat("eval", m.step))
         m.summary.update(final_eval_loss=m.eval_loss, final_train_loss=rec.last_row.get("train_loss"),
                          final_eval_bpb=m.run.bpb(m.eval_loss), peak_flops=peak, steps_done=rec.last_step,
                          status=status)
@@ -293,8 +295,9 @@ class Layout:
 class PackedLoop:
     """The loop of a packed group: one vmapped step per iteration, per-member bookkeeping."""
 
-    def __init__(self, group: PackedGroup, peak: float, layout: Layout, steps_per_call: int | None = None):
-        self.g, self.peak, self.layout = group, peak, layout
+    def __init__(self, group: PackedGroup, peak: float, layout: Layout, steps_per_call: int | None = None,
+                 dog=watchdog.OFF):
+        self.g, self.peak, self.layout, self.dog = group, peak, layout, dog
         self.steps_per_call = max(1, int(steps_per_call or STEPS_PER_CALL))
         self.step_fn = self.state = self.hyper = None
         self.width = 0
@@ -366,6 +369,7 @@ class PackedLoop:
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, guard: PreemptionGuard) -> None:
         pending = None
+        self.dog.beat("train step", min(m.step for m in self.g.members))
         while self.g.members:
             members = list(self.g.members)
             counts = [self._steps_ahead(m) for m in members]
@@ -375,6 +379,8 @@ class PackedLoop:
             starts = [m.step for m in members]
             for m, n in zip(members, counts, strict=True):
                 m.step += n
+            for step in range(starts[0] + 1, starts[0] + counts[0] + 1):  # the injected faults of the tests
+                faults.at_step(step)
             metrics = (starts, counts, metrics)
             if pending is not None:
                 self._record(*pending)
@@ -390,6 +396,8 @@ class PackedLoop:
                 self._act(events, guard)
             if guard.requested:
                 break
+            if self.g.members:
+                self.dog.beat("train step", min(m.step for m in self.g.members))
         if pending is not None:
             self._record(*pending)
 
@@ -440,6 +448,7 @@ class PackedLoop:
         for i, m in enumerate(self.g.members):
             todo = events.get(m.name, set())
             if "save" in todo:
+                self.dog.beat("checkpoint save", m.step)
                 m.ckpt.save(m.step, self.member_state(i), m.data_iter.get_state(), checkpoint_meta(m.run, m.step),
                             force=True)
             if "end" in todo:
@@ -452,6 +461,15 @@ class PackedLoop:
             self.g.members = []
         elif ended:
             self._repack(ended)
+
+
+def stalled_members(group: PackedGroup, message: str) -> None:
+    """The watchdog's record of a stalled group (its thread; the process ends next): every member
+    still training says failed, with the stall; the sweep's relaunch resumes them."""
+    for m in list(group.members):
+        m.summary.update(status="failed", error={"message": f"packed group {message}", "stalled": True})
+        if m.run.is_main:
+            write_summary(m.run.run_dir, m.summary)
 
 
 def member_progress(m: Member) -> Progress:
@@ -474,14 +492,17 @@ def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | Non
     if not group.members:
         return group.results
     peak, _ = hardware.peak_flops(group.leader.cfg.train.precision)
-    loop = PackedLoop(group, peak, Layout(group.leader, member_mesh), steps_per_call)
+    dog = watchdog.Watchdog(group.leader.cfg.train.stall_timeout, [m.run.run_dir / TRAIN_LOG for m in group.members],
+                            on_stall=lambda message: stalled_members(group, message),
+                            process=jax.process_index())
+    loop = PackedLoop(group, peak, Layout(group.leader, member_mesh), steps_per_call, dog)
     for m in group.members:
-        m.rec = Recorder(m.run, m.runlog, member_progress(m), m.eval_set, m.step, peak)
+        m.rec = Recorder(m.run, m.runlog, member_progress(m), m.eval_set, m.step, peak, dog)
     states = group.finish_ended(states, peak)
     if not group.members:
         return group.results
     own = guard is None
-    with PreemptionGuard() if own else contextlib.nullcontext(guard) as guard:
+    with PreemptionGuard() if own else contextlib.nullcontext(guard) as guard, dog:
         try:
             loop._compile(states)
             loop.run(guard)

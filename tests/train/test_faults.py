@@ -197,9 +197,11 @@ def test_the_watchdog_allows_a_fixed_time_or_a_multiple_of_the_phase_s_longest_g
     from scalelab.runtime import watchdog
 
     assert watchdog.allowed(7.0, longest=100.0) == 7.0  # a fixed timeout is the same for every phase
+    assert watchdog.allowed(7.0, None, trained=False) == watchdog.FIRST  # ... once a step has compiled
     assert watchdog.allowed(None, longest=None) == watchdog.FIRST  # not yet measured: it compiles
     assert watchdog.allowed(None, longest=0.01) == watchdog.FLOOR
     assert watchdog.allowed(None, longest=60.0) == watchdog.FACTOR * 60.0
+    assert watchdog.allowed(None, longest=None, slowest=30.0) == watchdog.FACTOR * 30.0  # from the step's compile
     dog = watchdog.Watchdog(None, None, on_stall=lambda message: None)
     dog.beat("train step", 0)
     dog.beat("train step", 1)  # the first gap (compilation) measures nothing

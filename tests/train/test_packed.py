@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from scalelab.runtime import faults
 from scalelab.sweep.packed import Job, run_jobs
 from scalelab.train.build import build_run
 from scalelab.train.checkpoint import FILE_LISTS
@@ -196,3 +197,27 @@ def test_steps_per_call_leaves_every_logged_number_unchanged(tmp_path):
     assert [r["step"] for r in chunked[1] if "eval_loss" in r] == [3, 6, 9, 11]
     for a, b in zip(one, chunked, strict=True):
         assert [(r["train_loss"], r.get("eval_loss")) for r in a] == [(r["train_loss"], r.get("eval_loss")) for r in b]
+
+
+@pytest.mark.slow
+def test_a_stalled_packed_group_ends_itself_and_the_relaunch_completes_it(tmp_path):
+    env = {**sweep_env(), faults.ENV: "stall_at_step:12"}
+    stalled = tmp_path / "stalled"
+    proc = subprocess.run(sweep_command(stalled, "train.stall_timeout=4"), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 5, proc.stderr[-3000:]  # EXIT_STALLED, whatever the sweep was doing
+    members = sorted(d for d in stalled.iterdir() if (d / "summary.json").exists())
+    assert len(members) == 4
+    for d in members:
+        summary = read_summary(d)
+        assert summary["status"] == "failed" and summary["error"]["stalled"], d.name
+        assert "packed group stalled: no progress" in summary["error"]["message"]
+        assert "in at_step" in (d / "train.log").read_text()  # the stuck thread's stack, in every member's log
+    env.pop(faults.ENV)
+    proc = subprocess.run(sweep_command(stalled, "train.stall_timeout=4"), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for d in members:
+        summary = read_summary(d)
+        assert summary["status"] == "completed" and summary["resumed_from"] == [8], d.name
+        assert [r["step"] for r in read_metrics(d)] == list(range(1, 33))
