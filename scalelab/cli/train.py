@@ -7,6 +7,7 @@ One step, from the command line to the jitted function:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ from scalelab.train.rundir import LOCK, RunDirError, RunLock
 log = logging.getLogger("scalelab")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU/GPU found" noise
 logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
+logging.raiseExceptions = False  # a log file on a full disk: the run reports the full disk once, not per line
 for _name in ("botocore", "aiobotocore", "s3fs", "gcsfs"):  # object-store clients' per-request chatter
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -90,6 +92,18 @@ def clean_failed_start(run_dir: Path, summary_too: bool = False) -> None:
         return
 
 
+def disk_full(exc: BaseException) -> str | None:
+    """None, or (' (writing FILE)' or '') when `exc`, or an exception it was raised from or during,
+    is ENOSPC."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return f" (writing {exc.filename})" if exc.filename else ""
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _is_main_process() -> bool:
     try:
         import jax
@@ -123,6 +137,10 @@ def main(cfg: DictConfig) -> None:
             raise
         sys.exit(EXIT_DIVERGED)
     except Exception as exc:
+        full = disk_full(exc)
+        if full is not None and not isinstance(exc, KNOWN_ERRORS):  # a write that ran out of space
+            exc = RunDirError(f"no space left on device under {run_dir}{full}; free space and run the same "
+                              "command to resume from the newest checkpoint")
         if attempt.started and not isinstance(exc, KNOWN_ERRORS):
             raise  # a failure mid-run: summary.json says failed, with this traceback
         print(f"error: {_one_line(exc)}", file=sys.stderr)

@@ -52,6 +52,28 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class DiskFull(CheckpointError):
+    """The disk under a run's checkpoints cannot hold the next one; nothing of it was written."""
+
+
+# a save needs the state's bytes plus Orbax's metadata and the step's file list
+SAVE_MARGIN_BYTES = 1 << 20
+
+
+def ensure_space(run_dir: Path, step: int, state, held: list[int]) -> None:
+    """Raise DiskFull, the same on every process, when the checkpoint directory's disk has less
+    free space than checkpoint `step` will take: a save that ran out of space midway would fail in
+    Orbax's background threads with a torrent of errors and a half-written temporary directory."""
+    need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) * 1.1 + SAVE_MARGIN_BYTES
+    where = checkpoint_dir(run_dir)
+    free = shutil.disk_usage(where if where.exists() else run_dir).free
+    if consensus.any_process(free < need):
+        kept = f"checkpoint {max(held)} is intact" if held else "no checkpoint was saved yet"
+        raise DiskFull(f"no space left on device under {where} for checkpoint {step} (it needs about "
+                       f"{need / 2**20:.1f} MiB; {free / 2**20:.1f} MiB free on this process's disk): {kept}; "
+                       "free space and run the same command to resume")
+
+
 class NoCheckpoint(CheckpointError, FileNotFoundError):
     """The path names no checkpoint (neither a run with checkpoints nor a step directory)."""
 
@@ -105,6 +127,7 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return False
         faults.maybe_fail("save", f"checkpoint {checkpoint_dir(self.run_dir) / str(step)}")
+        ensure_space(self.run_dir, step, state, self.steps())
         if _is_main():
             file_list(self.run_dir, step).unlink(missing_ok=True)  # a set-aside step saved again
         saved = self.manager.save(

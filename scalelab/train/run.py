@@ -184,8 +184,13 @@ def finish(run: Run, summary: dict, runlog: RunLog | None, ckpt: Checkpointer, s
     except Exception as exc:  # noqa: BLE001 - keep the summary even if the last save failed
         summary.setdefault("error", {"message": f"checkpoint close failed: {exc}"})
     summary["wall_seconds"] = round(time.time() - started, 3)
-    runlog = runlog or RunLog(run.run_dir, enabled=run.is_main)
-    runlog.summary(summary)
-    runlog.close()
-    if mirror:
+    wrote = True
+    for write in (lambda: runlog.summary(summary), lambda: runlog.close()):
+        try:
+            runlog = runlog or RunLog(run.run_dir, enabled=run.is_main)
+            write()
+        except OSError as exc:  # a full disk: the error that ended the run is the one to report
+            log.error("could not write %s's summary.json or its trackers' files: %s", run.run_dir, exc)
+            wrote = False
+    if mirror and wrote:
         mirror.push()

@@ -229,3 +229,66 @@ def test_a_stalled_run_ends_itself_naming_the_stall_and_the_relaunch_resumes(tmp
     assert code == 0, err[-3000:]
     assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["resumed_from"] == [8]
     assert losses(run_dir) == uninterrupted  # bitwise, each step once
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs (CI runs as root); skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(disk) -> None:
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_with_one_error_line_and_the_relaunch_resumes(small_disk, uninterrupted):
+    run_dir = small_disk / "run"
+    proc = train(run_dir, *RUN, faults_spec="step_delay:0.3", wait=False)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "4").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert (run_dir / "checkpoints" / "4").exists()
+    fill(small_disk)  # before checkpoint 8 (steps take 0.3 s)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, err[-3000:]
+    assert "no space left on device under" in errors[0] and "run the same command to resume" in errors[0]
+    assert "Traceback" not in err and "Logging error" not in err
+    assert saved(run_dir) == [4]  # the checkpoint before the full disk, whole
+
+    (small_disk / "filler").unlink()
+    code, err = train(run_dir, *RUN)
+    assert code == 0, err[-3000:]
+    assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["resumed_from"] == [4]
+    assert losses(run_dir) == uninterrupted  # bitwise, each step once
+
+
+@pytest.mark.slow
+def test_a_torn_last_line_of_metrics_is_repaired_on_resume(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    code, _ = train(run_dir, *RUN, faults_spec="die_at_step:10")
+    assert code == faults.EXIT_DIED
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 10, "tokens": 2560, "flops": 12')  # a kill in the middle of a row
+    code, err = train(run_dir, *RUN)
+    assert code == 0, err[-3000:]
+    text = (run_dir / "metrics.jsonl").read_text()
+    assert all(json.loads(line) for line in text.splitlines())  # every line whole
+    assert losses(run_dir) == uninterrupted and [r["step"] for r in read_metrics(run_dir)] == list(range(1, 25))

@@ -26,4 +26,12 @@ class TensorBoard:
         self._writer.add_summary(Summary(value=values), global_step=step)
 
     def finish(self, summary: dict) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except OSError:  # a full disk: give the writer up, or its exit hook tries (and prints) again
+            events = self._writer.event_writer
+            worker = getattr(events, "_worker", None)
+            if worker is not None:
+                worker.stop()
+            events._closed = True
+            raise
