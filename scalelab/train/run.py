@@ -185,12 +185,16 @@ def finish(run: Run, summary: dict, runlog: RunLog | None, ckpt: Checkpointer, s
         summary.setdefault("error", {"message": f"checkpoint close failed: {exc}"})
     summary["wall_seconds"] = round(time.time() - started, 3)
     wrote = True
-    for write in (lambda: runlog.summary(summary), lambda: runlog.close()):
-        try:
-            runlog = runlog or RunLog(run.run_dir, enabled=run.is_main)
-            write()
-        except OSError as exc:  # a full disk: the error that ended the run is the one to report
-            log.error("could not write %s's summary.json or its trackers' files: %s", run.run_dir, exc)
-            wrote = False
+    try:  # on a full disk these fail too: the error that ended the run is the one to report
+        runlog = runlog or RunLog(run.run_dir, enabled=run.is_main)
+        runlog.summary(summary)
+    except OSError as exc:
+        log.error("could not write %s's summary.json: %s", run.run_dir, exc)
+        wrote = False
+    try:
+        if runlog is not None:
+            runlog.close()
+    except OSError as exc:
+        log.error("could not close %s's metrics and trackers: %s", run.run_dir, exc)
     if mirror and wrote:
         mirror.push()
