@@ -262,16 +262,17 @@ def test_a_full_disk_ends_the_run_with_one_error_line_and_the_relaunch_resumes(s
     while not (run_dir / "checkpoints" / "4").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert (run_dir / "checkpoints" / "4").exists()
-    fill(small_disk)  # before checkpoint 8 (steps take 0.3 s)
+    time.sleep(0.4)  # Orbax's background thread finishes checkpoint 4; checkpoint 8 starts >= 1.2 s after it
+    fill(small_disk)
     try:
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, err[-3000:]
-    assert "no space left on device under" in errors[0] and "run the same command to resume" in errors[0]
-    assert "Traceback" not in err and "Logging error" not in err
-    assert saved(run_dir) == [4]  # the checkpoint before the full disk, whole
+    assert "no space left on device under" in errors[0] and "run the same command to resume" in errors[0], err
+    assert "Traceback" not in err and "Logging error" not in err, err[-5000:]
+    assert saved(run_dir) == [4], err[-3000:]  # the checkpoint before the full disk, whole
 
     (small_disk / "filler").unlink()
     code, err = train(run_dir, *RUN)
