@@ -92,7 +92,7 @@ def _unstable(result: FitResult) -> list[str]:
             reasons.append(f"{key} = {value:.3g} lies outside its own 95% interval [{low:.3g}, {high:.3g}]")
         elif not _finite(low, high) and b["succeeded"]:
             reasons.append(f"{key} has no interval")
-        elif key in ("a", "b") and (low < POSSIBLE_RANGE[0] or high > POSSIBLE_RANGE[1]):
+        elif key in ("a", "b") and _finite(low, high) and (low < POSSIBLE_RANGE[0] or high > POSSIBLE_RANGE[1]):
             reasons.append(f"the 95% interval of {key}, [{low:.3g}, {high:.3g}], reaches outside "
                            f"[{POSSIBLE_RANGE[0]:g}, {POSSIBLE_RANGE[1]:g}]: the data do not determine {key}")
     return reasons

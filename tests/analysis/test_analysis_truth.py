@@ -102,6 +102,8 @@ def _fit_result(**changes) -> FitResult:
     ({"a": 1.0}, "a = 1 is outside the plausible range"),
     ({"b": 0.053, "ci": {"a": (0.45, 0.55), "b": (0.158, 0.578)}}, "b = 0.053 lies outside its own 95% interval"),
     ({"bootstrap": {"requested": 50, "succeeded": 8}}, "only 8 of 50 bootstrap resamples fitted"),
+    # no resample fitted at all: no interval to compare (this raised a TypeError once)
+    ({"bootstrap": {"requested": 20, "succeeded": 0}, "ci": {}}, "only 0 of 20 bootstrap resamples fitted"),
     ({"ci": {"a": (-0.4, 0.64), "b": (0.45, 0.55)}}, "interval of a, [-0.4, 0.64], reaches outside [0, 1]"),
     ({"params": {"E": 1e-9, "A": 100.0, "B": 300.0, "alpha": 0.5, "beta": 0.45}}, "E = 1e-09 is at its lower"),
     ({"details": {"interior_optimum": False}}, "no interior compute-optimal N"),

@@ -74,3 +74,77 @@ def test_reduced_quickstart_study_end_to_end(tmp_path):
     result = report([noise], tmp_path / "noise", approaches=("2", "3"), bootstrap=10, n_starts=100,
                     bootstrap_starts=4)
     assert not result.verdict.determined("2") and not result.verdict.determined("3")
+
+
+CHAOS = ["hydra.sweeper.budgets=[5e9,1.5e10]", "hydra.sweeper.models=[d8,d12,d16]", "train.eval_tokens=4096",
+         "hydra.sweeper.params={train.seed:0}", "checkpoint.every=100"]
+CHAOS_KILLS = 8
+# a failure replays with SCALELAB_CHAOS_SEED=<the seed it printed>
+CHAOS_SEED = int(os.environ.get("SCALELAB_CHAOS_SEED", "20261206"))
+
+
+def start_study(out: Path) -> subprocess.Popen:
+    env = dict(os.environ, QUICKSTART_DIR=str(out), QUICKSTART_BOOTSTRAP="20", SCALELAB_HOST_DEVICES="2")
+    env.pop("XLA_FLAGS", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return subprocess.Popen(["bash", "experiments/quickstart/run.sh", *CHAOS], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def comparable_runs(out: Path) -> pd.DataFrame:
+    """runs.csv without what differs between two sweep directories or two attempts: the paths, and
+    the time each run took (a resumed run's MFU and wall time are its own)."""
+    runs = pd.read_csv(out / "report" / "runs.csv")
+    return runs.drop(columns=[c for c in ("sweep", "run_dir", "mfu", "wall_seconds") if c in runs])
+
+
+def steps_logged_once(out: Path) -> None:
+    for metrics in out.glob("*/metrics.jsonl"):
+        steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+        assert steps == sorted(set(steps)), f"{metrics}: a step logged twice or out of order"
+
+
+@pytest.mark.slow
+def test_a_study_killed_at_random_moments_ends_bit_for_bit_as_the_uninterrupted_one(tmp_path):
+    import signal
+    import time
+
+    reference = tmp_path / "reference" / "quickstart"
+    proc = start_study(reference)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+
+    rng = np.random.default_rng(CHAOS_SEED)
+    chaos = tmp_path / "chaos" / "quickstart"
+    kills, attempts, log = 0, 0, []
+    while kills < CHAOS_KILLS and attempts < 3 * CHAOS_KILLS:
+        attempts += 1
+        delay = float(rng.uniform(2.0, 25.0))
+        proc = start_study(chaos)
+        try:
+            proc.communicate(timeout=delay)
+            log.append(f"attempt {attempts}: finished before {delay:.1f} s")
+        except subprocess.TimeoutExpired:
+            # SIGTERM to the trainer every third kill (a preemption: it saves, exits 3), else SIGKILL to all
+            trainer = subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "scalelab-train"], capture_output=True,
+                                     text=True).stdout.split()
+            if kills % 3 == 2 and trainer:
+                os.kill(int(trainer[0]), signal.SIGTERM)
+                proc.communicate(timeout=300)
+                log.append(f"attempt {attempts}: SIGTERM at {delay:.1f} s, exit {proc.returncode}")
+                assert proc.returncode == 3, f"chaos seed {CHAOS_SEED}: " + "; ".join(log)
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                log.append(f"attempt {attempts}: SIGKILL at {delay:.1f} s")
+            kills += 1
+            time.sleep(0.2)
+    proc = start_study(chaos)
+    out, _ = proc.communicate(timeout=900)
+    history = f"chaos seed {CHAOS_SEED}: " + "; ".join(log)
+    assert kills == CHAOS_KILLS and proc.returncode == 0, history + "\n" + out[-3000:]
+
+    pd.testing.assert_frame_equal(comparable_runs(chaos), comparable_runs(reference), check_exact=True,
+                                  obj=history)
+    assert (chaos / "report" / "fits.json").read_bytes() == (reference / "report" / "fits.json").read_bytes(), history
+    steps_logged_once(chaos)
