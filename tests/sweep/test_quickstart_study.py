@@ -92,10 +92,11 @@ def start_study(out: Path) -> subprocess.Popen:
 
 
 def comparable_runs(out: Path) -> pd.DataFrame:
-    """runs.csv without what differs between two sweep directories or two attempts: the paths, and
-    the time each run took (a resumed run's MFU and wall time are its own)."""
+    """runs.csv without what differs between two sweep directories or two attempts: the paths, how
+    each run was run (a resumed run's MFU and wall time are its own, and a group formed after a kill
+    may have fewer members: `packed_with`)."""
     runs = pd.read_csv(out / "report" / "runs.csv")
-    return runs.drop(columns=[c for c in ("sweep", "run_dir", "mfu", "wall_seconds") if c in runs])
+    return runs.drop(columns=[c for c in ("sweep", "run_dir", "mfu", "wall_seconds", "packed_with") if c in runs])
 
 
 def steps_logged_once(out: Path) -> None:
