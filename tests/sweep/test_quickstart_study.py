@@ -133,7 +133,9 @@ def test_a_study_killed_at_random_moments_ends_bit_for_bit_as_the_uninterrupted_
                 os.kill(int(trainer[0]), signal.SIGTERM)
                 proc.communicate(timeout=300)
                 log.append(f"attempt {attempts}: SIGTERM at {delay:.1f} s, exit {proc.returncode}")
-                assert proc.returncode == 3, f"chaos seed {CHAOS_SEED}: " + "; ".join(log)
+                # 3: preempted (it saved); 143: the signal came while the sweep planned or ended, with no
+                # run in training and nothing to save
+                assert proc.returncode in (3, 143), f"chaos seed {CHAOS_SEED}: " + "; ".join(log)
             else:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
