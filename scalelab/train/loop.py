@@ -32,12 +32,11 @@ class Diverged(RuntimeError):
 def evaluate(run: Run, params, batches, beat=None) -> float:
     """Mean loss over the held-out batches, one batch in flight at a time.
 
-    Dispatching every batch at once (64 by default) deadlocked two-process runs on CPUs about half
-    the time: each eval step is a collective program (FSDP all-gathers) and XLA:CPU launched them
-    on a process's two devices out of step, one device's launch waiting for a slot while its peer
-    sat in an all-gather of the program it had not started (NOTES.md has the stacks). Waiting for
-    each loss costs a few microseconds of dispatch per batch. `beat()` is called after each batch
-    (the watchdog's progress).
+    Dispatching every batch at once (64 by default) deadlocked resumed two-process runs on CPUs
+    (2 of 2 tries): each eval step is a collective program (FSDP all-gathers), and XLA:CPU left one
+    device's launch waiting for a slot while its sibling sat in an all-gather of the program that
+    device had not started (NOTES.md, session 10, has the stacks). Waiting for each loss costs one
+    host round trip per batch. `beat()` is called after each batch (the watchdog's progress).
     """
     losses = []
     for b in batches:
