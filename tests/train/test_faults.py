@@ -233,10 +233,10 @@ def test_a_stalled_run_ends_itself_naming_the_stall_and_the_relaunch_resumes(tmp
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """An 8 MiB tmpfs (CI runs as root); skipped where mounting is not allowed."""
+    """A 16 MiB tmpfs (CI runs as root); skipped where mounting is not allowed."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         yield mount
@@ -245,13 +245,18 @@ def small_disk(tmp_path):
 
 
 def fill(disk) -> None:
-    with open(disk / "filler", "wb") as f:
-        try:
+    try:
+        with open(disk / "filler", "wb") as f:
             while True:
                 f.write(b"\0" * (1 << 16))
                 f.flush()
-        except OSError:
-            pass
+    except OSError:  # full (the file may not even open when the run filled the disk first)
+        pass
+
+
+def usage(disk) -> str:
+    """What the disk holds, for a failure's message."""
+    return "\n".join(f"{p.stat().st_size:>10} {p.relative_to(disk)}" for p in sorted(disk.rglob("*")) if p.is_file())
 
 
 @pytest.mark.slow
@@ -269,12 +274,12 @@ def test_a_full_disk_ends_the_run_with_one_error_line_and_the_relaunch_resumes(s
     finally:
         proc.kill()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and len(errors) == 1, err[-3000:]
+    assert proc.returncode == 2 and len(errors) == 1, err[-3000:] + "\n" + usage(small_disk)
     assert "no space left on device under" in errors[0] and "run the same command to resume" in errors[0], err
     assert "Traceback" not in err and "Logging error" not in err, err[-5000:]
-    assert saved(run_dir) == [4], err[-3000:]  # the checkpoint before the full disk, whole
+    assert saved(run_dir) == [4], err[-3000:] + "\n" + usage(small_disk)  # the checkpoint before the full disk
 
-    (small_disk / "filler").unlink()
+    (small_disk / "filler").unlink(missing_ok=True)
     code, err = train(run_dir, *RUN)
     assert code == 0, err[-3000:]
     assert read_summary(run_dir)["status"] == "completed" and read_summary(run_dir)["resumed_from"] == [4]
