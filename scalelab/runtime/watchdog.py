@@ -63,8 +63,8 @@ def allowed(timeout: float | None, longest: float | None, slowest: float | None 
     (not measured yet) from the slowest gap of any phase; at least FIRST until a step has `trained`."""
     if timeout:
         return float(timeout) if trained else max(float(timeout), FIRST)
-    if longest is None:
-        return FIRST if slowest is None else max(FLOOR, FACTOR * slowest)
+    if longest is None:  # the first step's compilation, however long, is not a stall
+        return FIRST if slowest is None or not trained else max(FLOOR, FACTOR * slowest)
     return max(FLOOR, FACTOR * longest)
 
 

@@ -202,6 +202,7 @@ def test_the_watchdog_allows_a_fixed_time_or_a_multiple_of_the_phase_s_longest_g
     assert watchdog.allowed(None, longest=0.01) == watchdog.FLOOR
     assert watchdog.allowed(None, longest=60.0) == watchdog.FACTOR * 60.0
     assert watchdog.allowed(None, longest=None, slowest=30.0) == watchdog.FACTOR * 30.0  # from the step's compile
+    assert watchdog.allowed(None, longest=None, slowest=2.0, trained=False) == watchdog.FIRST  # still compiling
     dog = watchdog.Watchdog(None, None, on_stall=lambda message: None)
     dog.beat("train step", 0)
     dog.beat("train step", 1)  # the first gap (compilation) measures nothing
