@@ -73,6 +73,9 @@ class Member:
     started: float = field(default_factory=time.time)
     first_done: tuple | None = None
     eval_loss: float | None = None
+    # a member that completed before a relaunch, kept in the program as an idle copy until the step
+    # it ended at, so that the others train in programs of the widths they had (see PackedGroup.start)
+    ghost: bool = False
 
     @property
     def name(self) -> str:
@@ -131,6 +134,7 @@ class PackedGroup:
         self.results: dict[str, dict] = {}
         self.pending: list[Member] = [Member(run=r, lock=RunLock(r.run_dir, enabled=r.is_main)) for r in runs]
         self.names = [r.run_dir.name for r in runs]
+        self.completed: list[Member] = []  # members found completed when the group started
 
     # ---- starting ---------------------------------------------------------------------------
     def start(self) -> list:
@@ -141,15 +145,30 @@ class PackedGroup:
         (after a kill -9 some may have saved one more than others): the group then makes the same
         calls, of the same width, as the run that was not interrupted, so every loss repeats
         bitwise. A member that no longer holds that step (rotated out) resumes from its newest.
+
+        A member that completed before the relaunch but was still training at that step in the run
+        that was not interrupted stays in the program as a ghost (an idle copy: no data, no files)
+        until the step it ended at: programs of different widths round differently, so without it
+        the others would resume in a narrower program than they had.
         """
         opened = [m for m in self.pending if self._attempt(m, self._open)]
         common = min((max(m.ckpt.steps(), default=0) for m in opened), default=0)
-        states = []
+        restored = {}
         for m in opened:
             state = self._attempt(m, lambda m: self._restore(m, common))
             if state is not None:
+                restored[m.name] = state
+        if not restored:
+            return []
+        states = []
+        for m in self.pending:  # the planned order, ghosts in their places
+            if m.name in restored:
                 self.members.append(m)
-                states.append(state)
+                states.append(restored[m.name])
+            elif m in self.completed and common < m.run.cadence.total:
+                m.ghost, m.step = True, common
+                self.members.append(m)
+                states.append(next(iter(restored.values())))  # its values never reach the others
         return states
 
     def _attempt(self, m: Member, action):
@@ -172,6 +191,7 @@ class PackedGroup:
             log.info("%s already completed with this config; nothing to do", m.run.run_dir)
             self.results[m.name] = read_summary(m.run.run_dir)
             m.lock.__exit__(None, None, None)
+            self.completed.append(m)
             return False
         m.summary = base_summary(m.run) | {"packed_with": self.names}
         if previous == "resume":
@@ -198,7 +218,7 @@ class PackedGroup:
         and their summary): evaluated and completed without a step; the states of the others."""
         kept = []
         for m, state in zip(list(self.members), states, strict=True):
-            if m.step < m.run.cadence.total:
+            if m.ghost or m.step < m.run.cadence.total:
                 kept.append(state)
                 continue
             log.info("%s resumed at its last step (%d): finalizing", m.name, m.step)
@@ -335,9 +355,14 @@ class PackedLoop:
         active_WxK = np.zeros((self.width, k), dtype=bool)
         per_member = []
         for i, (m, n) in enumerate(zip(self.g.members, counts, strict=True)):
-            rows_NxBxT1 = m.data_iter.take(n)
-            per_member.append(np.concatenate([rows_NxBxT1, np.repeat(rows_NxBxT1[-1:], k - n, axis=0)]))
+            if m.ghost:  # zeros: a ghost's rows reach nothing but its own idle copy
+                per_member.append(None)
+            else:
+                rows_NxBxT1 = m.data_iter.take(n)
+                per_member.append(np.concatenate([rows_NxBxT1, np.repeat(rows_NxBxT1[-1:], k - n, axis=0)]))
             active_WxK[i, :n] = True
+        real = next(rows for rows in per_member if rows is not None)
+        per_member = [np.zeros_like(real) if rows is None else rows for rows in per_member]
         local_WxKxBxT1 = np.stack(per_member + [per_member[-1]] * (self.width - len(per_member)))
         shape = (self.width, k, self.g.leader.cfg.train.batch_size, *local_WxKxBxT1.shape[3:])
         batches = jax.make_array_from_process_local_data(self.batch_sh, local_WxKxBxT1, shape)
@@ -370,7 +395,7 @@ class PackedLoop:
     def run(self, guard: PreemptionGuard) -> None:
         pending = None
         self.dog.beat("train step", min(m.step for m in self.g.members))
-        while self.g.members:
+        while any(not m.ghost for m in self.g.members):  # ghosts alone have nothing to train
             members = list(self.g.members)
             counts = [self._steps_ahead(m) for m in members]
             batches, active = self._batches(counts)
@@ -403,6 +428,8 @@ class PackedLoop:
 
     def _events(self, m: Member, guard) -> set:
         cadence, step = m.run.cadence, m.step
+        if m.ghost:
+            return {"end"} if step == cadence.total else set()
         out = set()
         if cadence.evaluates(step):
             out.add("eval")
@@ -419,7 +446,7 @@ class PackedLoop:
         values = jax.device_get(metrics)
         diverged = []
         for j, m in enumerate(members):
-            if m not in self.g.members:
+            if m not in self.g.members or m.ghost:
                 continue
             i = self.g.members.index(m)
             wants_eval = bool(events and "eval" in events.get(m.name, ()))
@@ -447,6 +474,10 @@ class PackedLoop:
         ended = []
         for i, m in enumerate(self.g.members):
             todo = events.get(m.name, set())
+            if m.ghost:  # it ends where its run ended; it writes nothing
+                if "end" in todo:
+                    ended.append(i)
+                continue
             if "save" in todo:
                 self.dog.beat("checkpoint save", m.step)
                 m.ckpt.save(m.step, self.member_state(i), m.data_iter.get_state(), checkpoint_meta(m.run, m.step),
@@ -466,7 +497,7 @@ class PackedLoop:
 def stalled_members(group: PackedGroup, message: str) -> None:
     """The watchdog's record of a stalled group (its thread; the process ends next): every member
     still training says failed, with the stall; the sweep's relaunch resumes them."""
-    for m in list(group.members):
+    for m in [m for m in group.members if not m.ghost]:
         m.summary.update(status="failed", error={"message": f"packed group {message}", "stalled": True})
         if m.run.is_main:
             write_summary(m.run.run_dir, m.summary)
@@ -492,14 +523,15 @@ def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | Non
     if not group.members:
         return group.results
     peak, _ = hardware.peak_flops(group.leader.cfg.train.precision)
-    dog = watchdog.Watchdog(group.leader.cfg.train.stall_timeout, [m.run.run_dir / TRAIN_LOG for m in group.members],
+    real = [m for m in group.members if not m.ghost]
+    dog = watchdog.Watchdog(group.leader.cfg.train.stall_timeout, [m.run.run_dir / TRAIN_LOG for m in real],
                             on_stall=lambda message: stalled_members(group, message),
                             process=jax.process_index())
     loop = PackedLoop(group, peak, Layout(group.leader, member_mesh), steps_per_call, dog)
-    for m in group.members:
+    for m in real:
         m.rec = Recorder(m.run, m.runlog, member_progress(m), m.eval_set, m.step, peak, dog)
     states = group.finish_ended(states, peak)
-    if not group.members:
+    if all(m.ghost for m in group.members):
         return group.results
     own = guard is None
     with PreemptionGuard() if own else contextlib.nullcontext(guard) as guard, dog:
@@ -508,7 +540,8 @@ def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | Non
             loop.run(guard)
         except BaseException as exc:
             for m in list(group.members):
-                group._fail(m, exc)
+                if not m.ghost:
+                    group._fail(m, exc)
             raise
         if own and guard.requested:
             guard.hand_over()

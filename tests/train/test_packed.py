@@ -221,3 +221,31 @@ def test_a_stalled_packed_group_ends_itself_and_the_relaunch_completes_it(tmp_pa
         summary = read_summary(d)
         assert summary["status"] == "completed" and summary["resumed_from"] == [8], d.name
         assert [r["step"] for r in read_metrics(d)] == list(range(1, 33))
+
+
+@pytest.mark.slow
+def test_a_member_resumed_after_its_shorter_partner_completed_repeats_its_losses_bitwise(tmp_path):
+    """Two members of 16 and 32 steps in one program on one device. The longer one, resumed from step
+    8 after the shorter completed, trains steps 9-16 beside an idle copy of the completed one (the
+    program's width then is 2, as in the run that was not interrupted), then alone: bitwise the same."""
+    env = {**sweep_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+    def command(sweep_dir):
+        return [sys.executable, "-c", "from scalelab.cli.entry import train; train()", "-m", "hydra/launcher=packed",
+                *TINY, "data.tokens=4096,8192", "checkpoint.every=8", "checkpoint.keep=4", f"hydra.sweep.dir={sweep_dir}"]
+
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    expected = member_losses(straight)
+    assert sorted(len(v) for v in expected.values()) == [16, 32]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    longer = next(d for d in resumed.iterdir() if "data.tokens=8192" in d.name)
+    for step in (16, 24, 32):  # as if killed after step 8's checkpoint, the shorter member completed
+        shutil.rmtree(longer / "checkpoints" / str(step))
+        (longer / FILE_LISTS / f"{step}.json").unlink(missing_ok=True)
+    (longer / "summary.json").write_text(json.dumps({**read_summary(longer), "status": "running"}))
+    proc = subprocess.run(command(resumed), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_summary(longer)["resumed_from"][-1] == 8
+    assert member_losses(resumed) == expected
