@@ -286,17 +286,24 @@ class IsoFlopSweeper(Sweeper):
                                            "arguments": list(arguments), "written": time.time()})
         self._set_compilation_cache()
 
-        todo = []
+        # the packed launcher gets the completed jobs too: it trains none of them again, but plans
+        # the same groups as the first launch and keeps a completed member's place in its group's
+        # program while the others need it (PackedGroup.start), so that they resume bitwise
+        packs = type(self.launcher).__name__ == "PackedLauncher"
+        todo, done = [], 0
         for job, task_cfg in zip(plan.jobs, self._job_configs, strict=True):
             if self.skip_completed and job.subdir and sweep.completed_with_config(
                     sweep_dir / job.subdir, OmegaConf.to_container(task_cfg, resolve=True)):
-                log.info("skipping %s: completed with the same config", job.subdir)
-                continue
+                done += 1
+                if not packs:
+                    log.info("skipping %s: completed with the same config", job.subdir)
+                    continue
             todo.append(job.overrides)
-        if len(todo) < len(plan.jobs):
-            print(f"skipping {len(plan.jobs) - len(todo)} job(s) already completed with the same config; "
-                  f"launching {len(todo)}", flush=True)
-        if not todo:
+        if done:
+            print(f"skipping {done} job(s) already completed with the same config; launching "
+                  + (f"{len(todo) - done} (the packed launcher plans its groups with all {len(todo)})" if packs
+                     else f"{len(todo)}"), flush=True)
+        if len(todo) == (done if packs else 0):  # nothing left to train
             return []
 
         size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else len(todo)
