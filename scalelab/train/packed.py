@@ -76,6 +76,7 @@ class Member:
     # a member that completed before a relaunch, kept in the program as an idle copy until the step
     # it ended at, so that the others train in programs of the widths they had (see PackedGroup.start)
     ghost: bool = False
+    resuming: bool = False  # it had started before this launch (its run directory says so)
 
     @property
     def name(self) -> str:
@@ -146,10 +147,11 @@ class PackedGroup:
         calls, of the same width, as the run that was not interrupted, so every loss repeats
         bitwise. A member that no longer holds that step (rotated out) resumes from its newest.
 
-        A member that completed before the relaunch but was still training at that step in the run
-        that was not interrupted stays in the program as a ghost (an idle copy: no data, no files)
-        until the step it ended at: programs of different widths round differently, so without it
-        the others would resume in a narrower program than they had.
+        When the group is recovered (a member had started before), a member that completed before
+        the relaunch but was still training at that step in the run that was not interrupted stays
+        in the program as a ghost (an idle copy: no data, no files) until the step it ended at:
+        programs of different widths round differently, so without it the others would resume in a
+        narrower program than they had.
         """
         opened = [m for m in self.pending if self._attempt(m, self._open)]
         common = min((max(m.ckpt.steps(), default=0) for m in opened), default=0)
@@ -160,12 +162,15 @@ class PackedGroup:
                 restored[m.name] = state
         if not restored:
             return []
+        # ghosts only where a group is recovered; a study extended with new runs beside completed
+        # ones trains the new runs alone (ghosts there would cost a whole run's compute each)
+        recovering = any(m.resuming for m in opened)
         states = []
         for m in self.pending:  # the planned order, ghosts in their places
             if m.name in restored:
                 self.members.append(m)
                 states.append(restored[m.name])
-            elif m in self.completed and common < m.run.cadence.total:
+            elif recovering and m in self.completed and common < m.run.cadence.total:
                 m.ghost, m.step = True, common
                 self.members.append(m)
                 states.append(next(iter(restored.values())))  # its values never reach the others
@@ -194,6 +199,7 @@ class PackedGroup:
             self.completed.append(m)
             return False
         m.summary = base_summary(m.run) | {"packed_with": self.names}
+        m.resuming = previous == "resume"
         if previous == "resume":
             m.summary["resumed_from"] = (read_summary(m.run.run_dir) or {}).get("resumed_from", [])
         c = m.run.cfg.checkpoint
