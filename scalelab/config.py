@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -224,6 +225,20 @@ def run_name(override_dirname: str) -> str:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:12]
     return f"{name[:MAX_RUN_NAME - 13]}-{digest}"
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """The shipped `train` config with Hydra `overrides` (as `scalelab-train` composes it, outside Hydra's main)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "configs"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def schema_defaults() -> dict:
+    """The schema's default of every key, as nested plain data (interpolations and ??? unresolved)."""
+    return OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
 
 
 def register_configs() -> None:

@@ -31,7 +31,8 @@ class Shape:
     """One model architecture, as the model, the ledger, the bench and the sweeps all read it.
 
     `vocab` is the padded vocabulary the model really computes and `head_dim` is resolved
-    (never 0): `from_config` derives both, once, from a `model` config and the tokenizer.
+    (never 0): `scalelab.train.build.model_shape` derives both, once, from a `model` config and the
+    tokenizer.
     """
 
     d_model: int
@@ -47,21 +48,6 @@ class Shape:
     def __post_init__(self):
         if not self.head_dim:
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
-
-    @classmethod
-    def from_config(cls, model_cfg, vocab: int, seq_len: int) -> Shape:
-        """The shape of a `model` config for a tokenizer of `vocab` ids (padded here)."""
-        return cls(
-            d_model=model_cfg.d_model,
-            n_layers=model_cfg.n_layers,
-            n_heads=model_cfg.n_heads,
-            n_kv_heads=model_cfg.n_kv_heads,
-            d_ff=model_cfg.d_ff,
-            vocab=padded_vocab(vocab, model_cfg.vocab_multiple),
-            seq_len=seq_len,
-            head_dim=model_cfg.head_dim,
-            tied_embeddings=model_cfg.tied_embeddings,
-        )
 
 
 def padded_vocab(vocab: int, multiple: int) -> int:

@@ -5,7 +5,7 @@ A local path stays a `pathlib.Path` and is used exactly as it always was. A URL 
 through a local copy of it, its *mirror*, at `$SCALELAB_CACHE/remote/<scheme>/<bucket>/<key>`
 (`mirror_dir`; `mirror_url` maps back): readers download what they read (a prepared dataset, a
 checkpoint, a sweep's run files), and a run whose run directory is a URL trains in the mirror and
-uploads it as it goes (train/mirror.py). Object stores have no rename, no append and no locks, so
+uploads it as it goes (train/store.py). Object stores have no rename, no append and no locks, so
 nothing here relies on them: every file is uploaded whole, in one PUT, from a complete local file,
 and readers that need a commit point get it from the order of the uploads.
 

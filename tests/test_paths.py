@@ -9,7 +9,7 @@ import pytest
 
 from scalelab import paths
 from scalelab.cli.train import mirror_run_dirs
-from scalelab.train.mirror import RunMirror, locate
+from scalelab.train.store import RunMirror, locate
 from tests.s3 import s3_server
 
 

@@ -13,17 +13,37 @@ the table where an approach needs C for an (N, D) it has not run), losses are
 nats/token. Every FitResult records them in ``conventions`` and says in
 ``status``/``reason`` whether it is determined; ``report`` writes a verdict
 that ``read_verdict(out_dir)`` reads back.
+
+The rooms follow the pipeline, each importing only those before it: the shared records here
+(``errors``, ``conventions``, ``result``, ``bootstrap``, ``verdict``, ``threads``), ``runs/``
+(collect, the table, budgets, C(N, D)), ``fitting/`` (the approaches, Kaplan, law forms and law
+files, the one robust fitter, predictions), ``hyper/`` (the learning-rate law), ``decide/`` (compare,
+suggest), ``reports/`` (tables, figures, report.md). ``synthetic`` makes runs from known laws
+(tests, demos). This module exports what the command line and notebooks call.
 """
 
-from .collect import collect
-from .compare import CompareResult, compare, compare_fits
-from .errors import AnalysisError, AnalysisWarning
-from .fitting import fit
-from .report import ReportResult, report
-from .result import FitResult
-from .table import load_table, validate_table, write_table
-from .verdict import Verdict, read_verdict
+from scalelab.analysis.decide.candidates import overrides_text
+from scalelab.analysis.decide.compare import CompareResult, compare, compare_fits
+from scalelab.analysis.decide.suggest import suggest
+from scalelab.analysis.errors import AnalysisError, AnalysisWarning
+from scalelab.analysis.fitting.approaches import fit
+from scalelab.analysis.fitting.forms import ALIASES
+from scalelab.analysis.fitting.predict import intervals_at, prediction_note
+from scalelab.analysis.hyper.lr_law import best_over, best_per_cell, fit_lr_law, law_text
+from scalelab.analysis.reports.document import trend_lines
+from scalelab.analysis.reports.lr_plots import save_figures as save_lr_law_figures
+from scalelab.analysis.reports.plots import save as save_figure
+from scalelab.analysis.reports.plots import styled
+from scalelab.analysis.reports.study import ReportResult, report
+from scalelab.analysis.reports.tables import exponent_ci, fit_text, num, with_ci
+from scalelab.analysis.result import FitResult, json_safe
+from scalelab.analysis.runs.collect import collect
+from scalelab.analysis.runs.inputs import load_inputs
+from scalelab.analysis.runs.table import load_table, read_table, validate_table, write_table
+from scalelab.analysis.verdict import Verdict, read_verdict
 
-__all__ = ["AnalysisError", "AnalysisWarning", "CompareResult", "FitResult", "ReportResult", "Verdict", "collect",
-           "compare", "compare_fits", "fit", "load_table", "read_verdict", "report", "validate_table",
-           "write_table"]
+__all__ = ["ALIASES", "AnalysisError", "AnalysisWarning", "CompareResult", "FitResult", "ReportResult", "Verdict",
+           "best_over", "best_per_cell", "collect", "compare", "compare_fits", "exponent_ci", "fit", "fit_lr_law",
+           "fit_text", "intervals_at", "json_safe", "law_text", "load_inputs", "load_table", "num",
+           "overrides_text", "prediction_note", "read_table", "read_verdict", "report", "save_figure",
+           "save_lr_law_figures", "styled", "suggest", "trend_lines", "validate_table", "with_ci", "write_table"]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .errors import AnalysisError
+from scalelab.analysis.errors import AnalysisError
 
 LEVEL = 0.95
 MIN_FOR_BCA = 10

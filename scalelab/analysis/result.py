@@ -71,6 +71,8 @@ class FitResult:
     reason: str = ""
     samples: list = field(default_factory=list, repr=False)   # bootstrap fits (summaries), not in to_dict
     allocate: object = field(default=None, repr=False, compare=False)   # not in to_dict
+    # a law form's fit: its LawForm (``details["law"]`` is its record), which predicts; not in to_dict
+    law: object = field(default=None, repr=False, compare=False)
 
     @property
     def title(self) -> str:
@@ -110,7 +112,7 @@ class FitResult:
 
     def predict_loss(self, params, tokens, flops):
         """Predicted loss of runs: L(N, D) for approach 3, the L(C) frontier otherwise."""
-        if self.approach == "3" and self.details.get("law"):
+        if self.approach == "3" and self.law is not None:
             return self.predict_table({"params": params, "tokens": tokens, "flops": flops})
         if self.approach == "3":
             p = self.params
@@ -121,11 +123,8 @@ class FitResult:
 
     def predict_table(self, table):
         """Predicted loss of each row of a table (or mapping of columns) with every column the law needs."""
-        law = self.details.get("law") if self.approach == "3" else None
-        if law:
-            # imported here: law_forms imports modules that import this one
-            from .law_forms import law_from_dict
-            return law_from_dict(law).predict(self.params, table)
+        if self.approach == "3" and self.law is not None:
+            return self.law.predict(self.params, table)
         return self.predict_loss(table["params"], table["tokens"], table["flops"])
 
     def summary(self) -> dict:
@@ -137,6 +136,6 @@ class FitResult:
         return out
 
     def to_dict(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("samples", "allocate")}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("samples", "allocate", "law")}
         data["title"] = self.title
         return json_safe(data)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scalelab.analysis.fitting.law_files import resolve_law
 from scalelab.runfiles import METRICS, SUMMARY
 
 
@@ -210,7 +211,6 @@ def write_sweep(root, runs: pd.DataFrame, curves: pd.DataFrame | None = None,
 def law_runs(law, values: dict, runs: pd.DataFrame, noise: float = 0.01, seed: int = 0) -> pd.DataFrame:
     """``runs`` (params, tokens, flops and whatever else the law needs) with the loss of a law form
     (a built-in name, a law file or a LawForm) at ``values``, times log-normal noise."""
-    from .law_forms import resolve_law
     out = runs.reset_index(drop=True).copy()
     out["loss"] = _noisy(resolve_law(law).predict(values, out), noise, np.random.default_rng(seed))
     return out

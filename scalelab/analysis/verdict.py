@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .result import FitResult, json_safe
+from scalelab.analysis.result import FitResult, json_safe
 
 DETERMINED, NOT_DETERMINED = "determined", "not determined"
 ALLOCATION_RANGE = (0.05, 0.95)     # a and b

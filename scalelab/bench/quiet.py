@@ -62,8 +62,8 @@ class Load:
 def watch(cpus: int | None = None):
     """`with watch() as load: subprocess.run(...)`: `load` is filled in when the block ends."""
     load = Load(cpus=cpus or os.cpu_count() or 1)
-    busy0, child0, own0, t0 = busy_cpu_seconds(), _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF), \
-        time.perf_counter()
+    busy0, child0, own0 = busy_cpu_seconds(), _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
     try:
         yield load
     finally:

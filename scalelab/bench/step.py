@@ -15,11 +15,10 @@ import time
 
 import jax
 import numpy as np
-from omegaconf import OmegaConf
 
 from scalelab import ledger
 from scalelab.bench.shapes import CPU_LADDER, GPU_125M, LONG_SEQUENCE, REFERENCE, BenchShape
-from scalelab.config import MeshConfig, OptimizerConfig, ScheduleConfig
+from scalelab.config import DataConfig, MeshConfig, OptimizerConfig, ScheduleConfig
 from scalelab.model.functional import model_fns
 from scalelab.model.transformer import ModelSpec, resolve_attention
 from scalelab.runtime import hardware
@@ -39,15 +38,14 @@ def build_bench_steps(case: BenchShape, precision: str, grad_accum: int, attenti
     shape = case.shape
     spec = ModelSpec(shape=shape, compute_dtype=precision,
                      attention=resolve_attention(attention, precision, shape.seq_len, shape.head_dim))
-    mesh_cfg = OmegaConf.structured(MeshConfig)
+    mesh_cfg = MeshConfig()
     mesh = meshlib.make_mesh(mesh_cfg)
-    rules = OmegaConf.to_container(mesh_cfg.rules)
+    rules = mesh_cfg.rules
     if grad_accum and case.batch_size % grad_accum:
         raise ValueError(f"--grad-accum {grad_accum} does not divide {case.name}'s batch of {case.batch_size}")
     grad_accum = grad_accum or auto_grad_accum(case.batch_size, shape.seq_len,
                                                meshlib.batch_shards(rules, mesh, case.batch_size), jax.default_backend())
-    hyper = optim.hyper_of(OmegaConf.structured(OptimizerConfig(lr=1e-3)),
-                           OmegaConf.structured(ScheduleConfig), 10_000)
+    hyper = optim.hyper_of(OptimizerConfig(lr=1e-3), ScheduleConfig(), 10_000)
     steps = build_steps(model_fns(spec), mesh, rules_key(rules), case.batch_size, grad_accum)
     return spec, mesh, grad_accum, steps, jax.device_put(hyper.as_input(), steps.hyper_sharding)
 
@@ -95,7 +93,7 @@ def bench_data(seq_len: int = 256, batch_size: int = 16, batches: int = 300) -> 
     from scalelab.data.stdlib import open_stdlib
 
     store = open_stdlib()
-    cfg = OmegaConf.create({"seq_len": seq_len, "prefetch": 4})
+    cfg = DataConfig(seq_len=seq_len, prefetch=4)
     it = pipeline.train_iterator(store, cfg, batch_size, seed=0, steps=batches)
     next(it)
     t0 = time.perf_counter()
@@ -137,9 +135,7 @@ def bench_overhead(steps: int = 300, rounds: int = 2) -> dict:
     import tempfile
     from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
-
-    from scalelab.configs import CONFIG_DIR
+    from scalelab.config import compose_train
     from scalelab.train.run import run
 
     common = ["model=p150k", "data.seq_len=128", f"data.tokens={steps * 16 * 128}", "train.batch_size=16",
@@ -147,10 +143,10 @@ def bench_overhead(steps: int = 300, rounds: int = 2) -> dict:
     variants = {"quiet": ["train.log_every=1000000", "checkpoint.every=0"],
                 "logging+checkpoints": ["train.log_every=1", "checkpoint.every=100"]}
     speeds: dict[str, list[float]] = {name: [] for name in variants}
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         for i in range(rounds):
             for name, extra in variants.items():
-                summary = run(compose(config_name="train", overrides=common + extra), Path(tmp) / f"{name}-{i}")
+                summary = run(compose_train(common + extra), Path(tmp) / f"{name}-{i}")
                 speeds[name].append(summary["tokens_per_second"])
     best = {name: max(values) for name, values in speeds.items()}
     return {"steps": steps, "rounds": speeds, "tokens_per_second": best,

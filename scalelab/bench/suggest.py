@@ -23,10 +23,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from scalelab.analysis import fit
+from scalelab.analysis import fit, intervals_at, suggest
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.predict import intervals_at
-from scalelab.analysis.suggest import suggest
 
 LAW = sy.ChinchillaLaw()
 START_BUDGETS = (1e16, 3e16, 1e17)

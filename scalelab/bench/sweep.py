@@ -27,12 +27,9 @@ def grid(model: str, steps: int, seq_len: int = 64, batch_size: int = 8) -> list
 
 
 def _compose(overrides):
-    from hydra import compose, initialize_config_dir
+    from scalelab.config import compose_train
 
-    from scalelab.configs import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_train(overrides)
 
 
 def run_packed(jobs: list[list[str]], root: Path) -> float:
@@ -55,7 +52,7 @@ def run_in_process(jobs: list[list[str]], root: Path) -> float:
 
     t0 = time.perf_counter()
     for i, overrides in enumerate(jobs):
-        fit(build_run(_compose(overrides), root / f"solo{i}", jax.local_devices()[:1]), resuming=False)
+        fit(build_run(_compose(overrides), root / f"solo{i}", jax.local_devices()[:1]))
     return time.perf_counter() - t0
 
 

@@ -236,7 +236,7 @@ def _add_lr_law(subparsers) -> None:
 def _guarded(handler):
     """Print warnings as 'warning: ...', AnalysisError as 'error: ...' (exit 2)."""
     def wrapper(args) -> int:
-        from scalelab.analysis.errors import AnalysisError
+        from scalelab.analysis import AnalysisError
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -260,7 +260,7 @@ def _guarded(handler):
 def _fit_options(args) -> dict:
     options = {}
     if getattr(args, "law", None) is not None or getattr(args, "fix", None):
-        from scalelab.analysis.errors import AnalysisError
+        from scalelab.analysis import AnalysisError
         if args.approach != "3":
             raise AnalysisError(f"--law and --fix are for approach 3 (a parametric law), not approach {args.approach}")
         options.update(law=args.law, fix=args.fix)
@@ -276,11 +276,10 @@ def _fit_options(args) -> dict:
 
 @_guarded
 def run_collect(args) -> int:
-    from scalelab.analysis.collect import collect
-    from scalelab.analysis.table import write_table
+    from scalelab.analysis import collect, write_table
     table = collect(args.dirs, keep_excluded=args.keep_excluded)
     if args.best_over:
-        from scalelab.analysis.collect import best_over
+        from scalelab.analysis import best_over
         table = best_over(table, args.best_over)
     written = write_table(table, args.out)
     counts = table.attrs.get("run_counts", {})
@@ -296,15 +295,13 @@ def run_collect(args) -> int:
 def _best_only(args, table):
     if not getattr(args, "best_only", False):
         return table
-    from scalelab.analysis.lr_law import best_per_cell
+    from scalelab.analysis import best_per_cell
     return best_per_cell(table)
 
 
 @_guarded
 def run_fit(args) -> int:
-    from scalelab.analysis.fitting import fit
-    from scalelab.analysis.inputs import load_inputs
-    from scalelab.analysis.markdown import fit_text
+    from scalelab.analysis import fit, fit_text, load_inputs
     table, _ = load_inputs(args.table)
     table = _best_only(args, table)
     result = fit(table, args.approach, bootstrap=args.bootstrap, budgets=args.budgets, seed=args.seed,
@@ -320,8 +317,7 @@ def run_fit(args) -> int:
 
 def _pairs(item: str, option: str) -> dict:
     """{column: value} from 'params=1e9,tokens=2e10' (N, D, C stand for params, tokens, flops)."""
-    from scalelab.analysis.errors import AnalysisError
-    from scalelab.analysis.law_forms import ALIASES
+    from scalelab.analysis import ALIASES, AnalysisError
     row = {}
     for part in item.split(","):
         key, sep, value = part.partition("=")
@@ -337,15 +333,14 @@ def _pairs(item: str, option: str) -> dict:
 def _points(args):
     import pandas as pd
 
-    from scalelab.analysis.errors import AnalysisError
-    from scalelab.analysis.law_forms import ALIASES
+    from scalelab.analysis import ALIASES, AnalysisError
     rows = [_pairs(item, "--at") for item in args.at or ()]
     frames = [pd.DataFrame(rows)] if rows else []
     if args.points:
         from pathlib import Path
 
-        from scalelab.analysis.table import _read
-        frames.append(_read(Path(args.points)).rename(columns=ALIASES))
+        from scalelab.analysis import read_table
+        frames.append(read_table(Path(args.points)).rename(columns=ALIASES))
     if not frames:
         raise AnalysisError("give the points to predict: --at params=...,tokens=... (repeatable) or --points TABLE")
     return pd.concat(frames, ignore_index=True)
@@ -356,9 +351,7 @@ def run_predict(args) -> int:
     import json
     from pathlib import Path
 
-    from scalelab.analysis.errors import AnalysisError
-    from scalelab.analysis.predict import intervals_at, prediction_note
-    from scalelab.analysis.result import json_safe
+    from scalelab.analysis import AnalysisError, intervals_at, json_safe, prediction_note
     try:
         fit = json.loads(Path(args.fit).read_text())
     except (OSError, ValueError) as exc:
@@ -383,11 +376,7 @@ def run_predict(args) -> int:
 def run_suggest(args) -> int:
     from pathlib import Path
 
-    from scalelab.analysis.candidates import overrides_text
-    from scalelab.analysis.errors import AnalysisError
-    from scalelab.analysis.inputs import load_inputs
-    from scalelab.analysis.result import json_safe
-    from scalelab.analysis.suggest import suggest
+    from scalelab.analysis import AnalysisError, json_safe, load_inputs, overrides_text, suggest
     try:
         ratios = [float(v) for v in args.tokens_per_param.split(",") if v.strip()]
     except ValueError:
@@ -428,7 +417,7 @@ def _print_suggestion(result, top: int) -> None:
 
 @_guarded
 def run_compare(args) -> int:
-    from scalelab.analysis.compare import compare
+    from scalelab.analysis import compare
     result = compare(args.a, args.b, approach=args.approach, budgets=args.budgets, bootstrap=args.bootstrap,
                      seed=args.seed, **_fit_options(args))
     common.write_json(result.to_dict(), args.json)
@@ -441,8 +430,7 @@ def run_compare(args) -> int:
 
 
 def _print_comparison(result) -> None:
-    from scalelab.analysis.markdown import exponent_ci, fit_text, num, with_ci
-    from scalelab.analysis.report_markdown import trend_lines
+    from scalelab.analysis import exponent_ci, fit_text, num, trend_lines, with_ci
     a, b = result.names
     print(f"A = {a}\n" + fit_text(result.fit_a).replace("\n", "\n  "))
     print(f"B = {b}\n" + fit_text(result.fit_b).replace("\n", "\n  "))
@@ -460,15 +448,14 @@ def _print_comparison(result) -> None:
 
 @_guarded
 def run_report(args) -> int:
-    from scalelab.analysis.errors import AnalysisError
-    from scalelab.analysis.report import report
+    from scalelab.analysis import AnalysisError, report
     approaches = [a.strip() for a in args.approaches.split(",") if a.strip()]
     bad = [a for a in approaches if a not in APPROACH_CHOICES]
     if bad:
         raise AnalysisError(f"unknown approach(es) {', '.join(bad)}: choose from kaplan, 1, 2, 3")
     inputs = args.inputs
     if args.best_only:
-        from scalelab.analysis.inputs import load_inputs
+        from scalelab.analysis import load_inputs
         inputs = [_best_only(args, load_inputs(source)[0]) for source in inputs]
     result = report(inputs, args.out, approaches=approaches, bootstrap=args.bootstrap,
                     holdout_top=args.holdout_top, budgets=args.budgets, seed=args.seed, pool=args.pool,
@@ -488,8 +475,7 @@ def run_report(args) -> int:
 def run_lr_law(args) -> int:
     from pathlib import Path
 
-    from scalelab.analysis.inputs import load_inputs
-    from scalelab.analysis.lr_law import fit_lr_law, law_text
+    from scalelab.analysis import fit_lr_law, law_text, load_inputs
     from scalelab.lr_law_file import write_law
     table, _ = load_inputs(args.table)
     fit = fit_lr_law(table, over=args.over, bootstrap=args.bootstrap, seed=args.seed, allow_edge=args.allow_edge,
@@ -497,7 +483,7 @@ def run_lr_law(args) -> int:
     out = Path(args.out or ".")
     written = [write_law(fit.law, out / "lr_law.json")]
     if not args.no_figures:
-        from scalelab.analysis.lr_law_plots import save_figures
+        from scalelab.analysis import save_lr_law_figures as save_figures
         written += save_figures(fit, out)
     common.write_json(fit.law.to_dict(), args.json)
     if not common.to_stdout(args.json):

@@ -2,7 +2,7 @@
 
 The directory it writes (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
 special_tokens_map.json) loads with `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and
-`AutoTokenizer.from_pretrained(DIR)`, and gives the same logits as scalelab (see scalelab.model.hf).
+`AutoTokenizer.from_pretrained(DIR)`, and gives the same logits as scalelab (see scalelab.interop.hf.convert).
 `add_parser(subparsers)` registers the command; heavy imports happen inside it.
 """
 
@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
 
 def export_hf_main(args) -> int:
     from scalelab.infer.evaluate import load_model
-    from scalelab.train.hf_checkpoint import export_hf
+    from scalelab.interop.hf.directory import export_hf
 
     model = load_model(args.checkpoint)
     written = export_hf(args.out, model.fns.spec, model.params, model.tokenizer,

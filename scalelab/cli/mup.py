@@ -1,5 +1,5 @@
 """`scalelab mup coord-check`: activation size against width under each parametrization
-(scalelab/train/coord_check.py)."""
+(scalelab/bench/coord_check.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def coord_check_main(args) -> int:
 def _coord_check(args) -> int:
     from pathlib import Path
 
-    from scalelab.analysis.plots import save
-    from scalelab.train.coord_check import Settings, coord_check, figure
+    from scalelab.analysis import save_figure as save
+    from scalelab.bench.coord_check import Settings, coord_check, figure
 
     settings = Settings(widths=_ints(args.widths), parametrizations=tuple(args.parametrizations.split(",")),
                         steps=args.steps, n_layers=args.layers, n_heads=args.heads, batch_size=args.batch_size,

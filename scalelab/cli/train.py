@@ -29,7 +29,7 @@ from scalelab.train.checkpoint import CheckpointError
 from scalelab.train.loop import Diverged
 from scalelab.train.preemption import EXIT_PREEMPTED
 from scalelab.train.run import Attempt, run
-from scalelab.train.rundir import LOCK, RunDirError, RunLock
+from scalelab.train.store import LOCK, RunDirError, RunLock
 
 log = logging.getLogger("scalelab")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU/GPU found" noise
@@ -49,7 +49,7 @@ _RUN_DIR_OVERRIDE = re.compile(r"^(\+{0,2}hydra\.(?:run|sweep)\.dir)=(.+)$")
 
 
 def mirror_run_dirs(overrides: list[str]) -> list[str]:
-    """`hydra.run.dir=s3://...` (or `hydra.sweep.dir`) as the URL's local mirror (train/mirror.py).
+    """`hydra.run.dir=s3://...` (or `hydra.sweep.dir`) as the URL's local mirror (train/store.py).
 
     Hydra makes its output directory with os.makedirs (a URL would become a local `s3:/...`
     directory) and writes `.hydra/` into it: it gets the mirror instead, and the run, which knows

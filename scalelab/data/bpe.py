@@ -29,7 +29,7 @@ MIN_VOCAB = 257  # 256 bytes + end of document
 KNOWN_EOS_TOKENS = (EOS_TOKEN, "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>", "<|im_end|>", "[SEP]")
 
 
-def _require_tokenizers():
+def require_tokenizers():
     try:
         import tokenizers
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -61,7 +61,7 @@ class BPETokenizer:
         if vocab_size < MIN_VOCAB:
             raise ValueError(f"--vocab-size must be at least {MIN_VOCAB} (256 bytes + end of document); "
                              f"got {vocab_size}")
-        tk = _require_tokenizers()
+        tk = require_tokenizers()
         tokenizer = tk.Tokenizer(tk.models.BPE())
         tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = tk.decoders.ByteLevel()
@@ -101,7 +101,7 @@ class BPETokenizer:
     def from_dict(cls, spec: dict) -> BPETokenizer:
         if "tokenizer" not in spec:
             raise ValueError("a BPE tokenizer spec needs its trained `tokenizer` (the tokenizers JSON)")
-        tk = _require_tokenizers()
+        tk = require_tokenizers()
         made = cls(tk.Tokenizer.from_str(json.dumps(spec["tokenizer"])), spec.get("eos_token", EOS_TOKEN))
         if (made.vocab_size, made.eos_id) != (spec["vocab_size"], spec["eos_id"]):
             raise ValueError(f"BPE tokenizer spec is inconsistent: vocab_size/eos_id {spec['vocab_size']}/"
@@ -127,7 +127,7 @@ class FileTokenizer(BPETokenizer):
         if not file.is_file():
             raise FileNotFoundError(f"--tokenizer: no tokenizer file {file} (give byte, bpe, or a tokenizers "
                                     f"tokenizer.json)")
-        tk = _require_tokenizers()
+        tk = require_tokenizers()
         try:
             tokenizer = tk.Tokenizer.from_file(str(file))
         except Exception as exc:  # tokenizers raises a bare Exception on a malformed file

@@ -27,6 +27,7 @@ import numpy as np
 
 from scalelab import paths
 from scalelab.data import tokenizer as tokenizers
+from scalelab.data import tokenizer_files
 
 FORMAT = "scalelab-tokens-v1"
 MANIFEST = "manifest.json"
@@ -101,7 +102,7 @@ class StoreBuilder:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 raise ValueError(f"the {split} split is empty: not enough documents to split")
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        tokenizers.save(self.tokenizer, self.tmp)
+        tokenizer_files.save(self.tokenizer, self.tmp)
         try:
             os.rename(self.tmp, self.path)
         except OSError:  # another writer finished first with the same content

@@ -6,7 +6,7 @@ evaluation and generation decode with the tokenizer the model was trained with.
 
 Beside a dataset, `tokenizer.json` is scalelab's own small JSON for the byte tokenizer and, for
 the others, the plain `tokenizers` file with a Hugging Face tokenizer_config.json next to it
-(`scalelab.data.hf_tokenizer`); `load` reads both, and older datasets whose tokenizer.json wraps a
+(`scalelab.data.tokenizer_files`); `tokenizer_files.load` reads both, and older datasets whose tokenizer.json wraps a
 BPE in scalelab's JSON. `sha256` hashes that file's text: the tokenizer's identity in manifests.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -63,22 +62,3 @@ def file_text(tokenizer) -> str:
 def sha256(tokenizer) -> str:
     """The sha256 of the tokenizer's tokenizer.json: what `sha256sum DATASET/tokenizer.json` prints."""
     return hashlib.sha256(file_text(tokenizer).encode("utf-8")).hexdigest()
-
-
-def save(tokenizer, directory: str | Path) -> Path:
-    if tokenizer.kind == "byte":
-        path = Path(directory) / TOKENIZER_FILE
-        path.write_text(file_text(tokenizer), encoding="utf-8")
-        return path
-    from scalelab.data.hf_tokenizer import save_hf_tokenizer
-
-    return save_hf_tokenizer(tokenizer, directory)[0]
-
-
-def load(directory: str | Path):
-    spec = json.loads((Path(directory) / TOKENIZER_FILE).read_text(encoding="utf-8"))
-    if "kind" in spec:  # scalelab's own JSON
-        return from_dict(spec)
-    from scalelab.data.hf_tokenizer import load_hf_tokenizer
-
-    return load_hf_tokenizer(directory)

@@ -16,21 +16,21 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from omegaconf import DictConfig
 
 from scalelab import paths
+from scalelab.config import Config
 from scalelab.data.pipeline import Windows
 from scalelab.data.store import TokenStore
 from scalelab.infer.load import LoadedModel, dataset_path, load_checkpoint, load_model  # noqa: F401
+from scalelab.interop.hf.directory import hf_dir
 from scalelab.model.functional import ModelFns
 from scalelab.model.loss import weighted_loss_sum
 from scalelab.model.transformer import ModelSpec
 from scalelab.train.checkpoint import CheckpointFiles, find_checkpoint
-from scalelab.train.hf_checkpoint import hf_dir
 
 # ---- evaluation -------------------------------------------------------------------------------
 
-def open_eval_store(data: str | None, files: CheckpointFiles, config: DictConfig) -> TokenStore:
+def open_eval_store(data: str | None, files: CheckpointFiles, config: Config) -> TokenStore:
     """`--data`: a prepared dataset dir, `stdlib`, or (None) the dataset the run trained on."""
     if data == "stdlib" or (data is None and config.data.source == "stdlib"):
         from scalelab.data.stdlib import open_stdlib

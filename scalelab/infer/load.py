@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-from omegaconf import DictConfig, OmegaConf, open_dict
+import yaml
 
+from scalelab.config import Config
 from scalelab.data import tokenizer as tokenizers
+from scalelab.data import tokenizer_files
+from scalelab.interop.hf import directory as hf_checkpoint
 from scalelab.model.functional import ModelFns
-from scalelab.model.transformer import ModelSpec
 from scalelab.runfiles import HYDRA
-from scalelab.train import hf_checkpoint
+from scalelab.train.build import default_settings, model_spec, recorded_settings
 from scalelab.train.checkpoint import CheckpointFiles, find_checkpoint, restore_params
 
 
@@ -28,31 +30,31 @@ class LoadedModel(NamedTuple):
     fns: ModelFns
     params: dict
     tokenizer: object
-    config: DictConfig
+    config: Config  # the run's config, typed (scalelab/config.py's schema)
 
 
-def run_config(files: CheckpointFiles) -> DictConfig:
+def run_config(files: CheckpointFiles) -> Config:
     if "config" in files.meta:
-        return OmegaConf.create(files.meta["config"])
+        return recorded_settings(files.meta["config"])
     if "config" in files.summary:
-        return OmegaConf.create(files.summary["config"])
+        return recorded_settings(files.summary["config"])
     hydra_config = files.run_dir / HYDRA / "config.yaml" if files.run_dir else None
     if hydra_config and hydra_config.exists():
-        return OmegaConf.load(hydra_config)
+        return recorded_settings(yaml.safe_load(hydra_config.read_text()))
     raise FileNotFoundError(f"{files.step_dir}: cannot find the run's config (checkpoint meta, summary.json or "
                             f".hydra/config.yaml)")
 
 
-def dataset_path(files: CheckpointFiles, config: DictConfig) -> str | None:
-    return files.summary.get("data", {}).get("path") or config.data.get("path")
+def dataset_path(files: CheckpointFiles, config: Config) -> str | None:
+    return files.summary.get("data", {}).get("path") or config.data.path
 
 
-def run_tokenizer(files: CheckpointFiles, config: DictConfig):
+def run_tokenizer(files: CheckpointFiles, config: Config):
     if "tokenizer" in files.meta:
         return tokenizers.from_dict(files.meta["tokenizer"])
     path = dataset_path(files, config)
     if path and (Path(path) / tokenizers.TOKENIZER_FILE).exists():
-        return tokenizers.load(path)
+        return tokenizer_files.load(path)
     if config.data.source == "stdlib":
         return tokenizers.ByteTokenizer()
     raise FileNotFoundError(f"{files.step_dir}: cannot find the tokenizer (not in the checkpoint's meta, and the "
@@ -74,20 +76,15 @@ def load_hf_model(directory: Path, seq_len: int | None = None) -> LoadedModel:
     Its context (`data.seq_len`, which bounds generation) is `seq_len`, else the directory's
     `max_position_embeddings` (scalelab's export writes the context it trained on), else 2048.
     """
-    from hydra import compose, initialize_config_dir
-
-    from scalelab.configs import CONFIG_DIR
-
     model = hf_checkpoint.load_hf(directory)
     if model.tokenizer is None:
         raise FileNotFoundError(f"{directory}: no tokenizer.json beside the model (eval and generate need one)")
     seq_len = seq_len or hf_checkpoint.max_positions(directory)
     arch = {k: v for k, v in model.config.items() if k != "vocab"}
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        config = compose(config_name="train", overrides=["data=prepared", f"data.seq_len={seq_len}"])
-    with open_dict(config):
-        config.model.update(arch)
-    fns = ModelFns(ModelSpec.from_config(config, model.tokenizer.vocab_size))
+    config = default_settings(["data=prepared", f"data.seq_len={seq_len}"])
+    for key, value in arch.items():
+        setattr(config.model, key, value)
+    fns = ModelFns(model_spec(config, model.tokenizer.vocab_size))
     params = jax.tree.map(jax.numpy.asarray, model.params)
     return LoadedModel(fns, params, model.tokenizer, config)
 
@@ -98,6 +95,6 @@ def load_checkpoint(files: CheckpointFiles) -> LoadedModel:
     # model (a run trained with cudnn on a GPU is evaluated on a CPU with blockwise attention)
     config.model.attention = "auto"
     tokenizer = run_tokenizer(files, config)
-    fns = ModelFns(ModelSpec.from_config(config, tokenizer.vocab_size))
+    fns = ModelFns(model_spec(config, tokenizer.vocab_size))
     params = restore_params(files.step_dir, jax.eval_shape(fns.init, 0), source="checkpoint")
     return LoadedModel(fns, params, tokenizer, config)

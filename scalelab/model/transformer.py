@@ -39,7 +39,7 @@ class ModelSpec:
     init_std: float = 0.02
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
-    attention: str = "xla"  # an implementation name of scalelab.model.attention ("auto" resolved by from_config)
+    attention: str = "xla"  # an implementation name of scalelab.model.attention ("auto" resolved by the build)
     remat: str = "none"
     parametrization: str = "standard"  # standard | mup: scalelab/model/parametrization.py
     mup_base_width: int = 256
@@ -65,25 +65,6 @@ class ModelSpec:
         """A copy with some fields changed, architecture keys included."""
         shape = dataclasses.replace(self.shape, **{k: fields.pop(k) for k in SHAPE_KEYS if k in fields})
         return dataclasses.replace(self, shape=shape, **fields)
-
-    @classmethod
-    def from_config(cls, cfg, vocab: int) -> ModelSpec:
-        """The spec of a composed run config for a tokenizer of `vocab` ids."""
-        m = cfg.model
-        shape = ledger.Shape.from_config(m, vocab, cfg.data.seq_len)
-        return cls(
-            shape=shape,
-            rope_theta=m.rope_theta,
-            norm_eps=m.norm_eps,
-            init_std=m.init_std,
-            param_dtype=m.param_dtype,
-            compute_dtype=cfg.train.precision,
-            attention=resolve_attention(m.attention, cfg.train.precision, cfg.data.seq_len, shape.head_dim),
-            remat=cfg.train.remat,
-            parametrization=m.get("parametrization", "standard"),  # run configs from before the key
-            mup_base_width=m.get("mup_base_width", 256),
-            mup_base_head_dim=m.get("mup_base_head_dim", 0),
-        )
 
 
 def resolve_attention(name: str, precision: str, seq_len: int, head_dim: int) -> str:
@@ -215,7 +196,7 @@ class Transformer(nnx.Module):
         """Logits (in the compute dtype) for every position; with `caches`, also the updated caches.
 
         `probes`, a dict, receives the activations `embedding`, `block0` ... (each block's output,
-        the residual stream) and `logits` (for the coordinate check, scalelab/train/coord_check.py)."""
+        the residual stream) and `logits` (for the coordinate check, scalelab/bench/coord_check.py)."""
         spec = self.spec
         dt = DTYPES[spec.compute_dtype]
         if positions_BxT is None:

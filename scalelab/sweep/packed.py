@@ -42,7 +42,7 @@ def default_max_members(run) -> int:
 
         available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     state = 4 * 4 * run.counts.params_total  # fp32 parameters, two Adam moments, gradients
-    shape, batch = run.shape, run.cfg.train.batch_size
+    shape, batch = run.shape, run.train.batch_size
     activations = 4 * batch * shape.seq_len * shape.d_model * shape.n_layers * 24 // max(run.grad_accum, 1)
     return max(1, min(64, int(available // 4 // (state + activations))))
 

@@ -49,7 +49,9 @@ def vocab_size(data_cfg) -> int:
 
 def shape_of(cfg) -> ledger.Shape:
     """The ledger shape of a composed training config (padded vocabulary, the run's seq_len)."""
-    return ledger.Shape.from_config(cfg.model, vocab_size(cfg.data), cfg.data.seq_len)
+    from scalelab.train.build import model_shape
+
+    return model_shape(cfg.model, vocab_size(cfg.data), cfg.data.seq_len)
 
 
 def fmt_budget(budget: float) -> str:
@@ -156,7 +158,7 @@ def colliding_jobs(jobs) -> list[str]:
     resolve to the same run directory with configs that train differently: one line per clash,
     naming both jobs and the keys that differ. (Two such jobs would resume each other's checkpoints,
     or the second would find the first completed and not run.)"""
-    from scalelab.train.rundir import config_differences
+    from scalelab.train.store import config_differences
 
     first, clashes = {}, []
     for label, run_dir, config in jobs:
@@ -254,7 +256,7 @@ def _normal(obj) -> Any:
 def completed_with_config(run_dir, config: dict) -> bool:
     """True when `run_dir/summary.json` says completed and records this same resolved config.
 
-    "Same" is the trainer's own test when it has one (`scalelab.train.rundir.config_differences`, which
+    "Same" is the trainer's own test when it has one (`scalelab.train.store.config_differences`, which
     ignores keys a run may change on resume, such as `train.progress`), else exact equality."""
     path = Path(run_dir) / SUMMARY
     if not path.exists():
@@ -267,7 +269,7 @@ def completed_with_config(run_dir, config: dict) -> bool:
         return False
     old, new = _normal(summary["config"]), _normal(config)
     try:
-        from scalelab.train.rundir import config_differences
+        from scalelab.train.store import config_differences
     except ImportError:
         return old == new
     return not config_differences(old, new)

@@ -1,6 +1,11 @@
 """A run, built from its config: the data store and plan, the model shape and counts, the mesh
 and the jitted steps. Building checks everything a config can get wrong before anything is
-compiled, and touches no files beyond reading the data store's manifest."""
+compiled, and touches no files beyond reading the data store's manifest.
+
+This is the one place a run's Hydra config (`DictConfig`) is read: it is validated and turned,
+once, into the typed record `Run` (plain values and the schema's dataclasses of scalelab/config.py),
+which everything below the command line is handed. `summary.json` keeps the resolved config as data.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,28 @@ from typing import Any
 
 import jax
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scalelab import ledger
-from scalelab.config import ConfigError, validate
+from scalelab.config import (
+    CheckpointConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    LoggerConfig,
+    TrainConfig,
+    compose_train,
+    validate,
+)
 from scalelab.data import pipeline
 from scalelab.data.store import TokenStore
+from scalelab.interop.hf import convert as hf_convert
+from scalelab.interop.hf import directory as hf_directory
 from scalelab.lr_law_file import LawFileError, read_law
 from scalelab.model.functional import ModelFns, model_fns
-from scalelab.model.transformer import ModelSpec
+from scalelab.model.transformer import ModelSpec, resolve_attention
 from scalelab.train import mesh as meshlib
 from scalelab.train import optim, trackers
-from scalelab.train.hf_checkpoint import with_hf_model
 from scalelab.train.step import Steps, auto_grad_accum, build_steps, rules_key
 
 
@@ -41,31 +56,53 @@ class Cadence:
         return bool(self.eval_every and step % self.eval_every == 0) or step == self.total
 
     def saves(self, step: int) -> bool:
-        return bool(self.checkpoint_every and step % self.checkpoint_every == 0) or step in self.checkpoint_steps \
-            or step == self.total
+        every = bool(self.checkpoint_every and step % self.checkpoint_every == 0)
+        return every or step in self.checkpoint_steps or step == self.total
 
     def logs(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.total
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True)
+class Origin:
+    """What a run is and where it starts from (recorded in summary.json)."""
+
+    model_name: str
+    init_from: str | None  # a checkpoint or `hf:DIR` whose parameters it starts from (fine-tuning)
+    fork_from: str | None  # a WSD stable run whose state at this run's decay start it continues
+    role: str  # run | wsd-stable
+    budget: float | None  # the nominal compute budget an IsoFLOP sweep gave it
+    lr_law: str | None  # the law file its peak lr came from
+
+    @property
+    def start(self) -> str:
+        return "fine-tune" if self.init_from else "fork" if self.fork_from else "scratch"
+
+
+@dataclass(frozen=True, eq=False)
 class Run:
     """Everything one training run needs, built (and checked) before anything is compiled."""
 
-    cfg: DictConfig
     run_dir: Path
+    origin: Origin
     store: TokenStore
+    data: DataConfig  # the data group as the pipeline reads it
     plan: pipeline.DataPlan
+    train: TrainConfig  # batch size, seed, eval tokens, precision, progress, stall timeout
     shape: ledger.Shape
     counts: ledger.Ledger
     mesh: Any
     rules: dict
+    mesh_impl: str  # jit | shard_map
+    optimizer: str  # the optimizer's name (the numbers are in `hyper`)
     hyper: optim.Hyper  # the run's schedule and optimizer numbers: an input of the train step
     fns: ModelFns
     grad_accum: int  # train.grad_accum=0 resolved
     steps: Steps
-    config: dict  # the resolved config, as recorded in summary.json and checkpoints
     cadence: Cadence
+    checkpoint: CheckpointConfig  # keep, async_save, steps
+    logger: LoggerConfig  # the trackers
+    config: dict  # the resolved config, as recorded in summary.json and checkpoints
 
     @property
     def is_main(self) -> bool:
@@ -77,7 +114,7 @@ class Run:
 
     def to_global(self, local_batch: np.ndarray) -> jax.Array:
         """This process's rows of a batch -> the global batch array, sharded over the mesh."""
-        global_shape = (self.cfg.train.batch_size, *local_batch.shape[1:])
+        global_shape = (self.train.batch_size, *local_batch.shape[1:])
         return jax.make_array_from_process_local_data(self.steps.batch_sharding, local_batch, global_shape)
 
     def hyper_input(self):
@@ -87,6 +124,75 @@ class Run:
     def bpb(self, loss: float) -> float:
         """Bits per byte of a validation loss in nats per token."""
         return loss / np.log(2) / self.store.bytes_per_token("val")
+
+
+def model_shape(model, vocab: int, seq_len: int) -> ledger.Shape:
+    """The shape of a `model` config group for a tokenizer of `vocab` ids (padded here)."""
+    return ledger.Shape(d_model=model.d_model, n_layers=model.n_layers, n_heads=model.n_heads,
+                        n_kv_heads=model.n_kv_heads, d_ff=model.d_ff,
+                        vocab=ledger.padded_vocab(vocab, model.vocab_multiple), seq_len=seq_len,
+                        head_dim=model.head_dim, tied_embeddings=model.tied_embeddings)
+
+
+def model_spec(settings: Config, vocab: int) -> ModelSpec:
+    """The model spec of a typed run config for a tokenizer of `vocab` ids."""
+    m, precision, seq_len = settings.model, settings.train.precision, settings.data.seq_len
+    shape = model_shape(m, vocab, seq_len)
+    return ModelSpec(shape=shape, rope_theta=m.rope_theta, norm_eps=m.norm_eps, init_std=m.init_std,
+                     param_dtype=m.param_dtype, compute_dtype=precision,
+                     attention=resolve_attention(m.attention, precision, seq_len, shape.head_dim),
+                     remat=settings.train.remat, parametrization=m.parametrization,
+                     mup_base_width=m.mup_base_width, mup_base_head_dim=m.mup_base_head_dim)
+
+
+def typed(cfg: DictConfig) -> Config:
+    """A composed config as the schema's dataclasses (interpolations resolved)."""
+    if OmegaConf.get_type(cfg) is not Config:  # made by OmegaConf.create (a notebook): typed by the schema
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    return OmegaConf.to_object(cfg)
+
+
+def recorded_settings(config: dict) -> Config:
+    """A recorded run config (a checkpoint's meta, summary.json, .hydra/config.yaml) as the typed
+    schema: keys it lacks (added to scalelab since) take their defaults, keys the schema no longer
+    has are dropped."""
+    schema = OmegaConf.structured(Config)
+    return typed(OmegaConf.merge(schema, _known(config, schema)))
+
+
+def _known(recorded, schema):
+    if not isinstance(recorded, dict) or not isinstance(schema, DictConfig):
+        return recorded
+    open_group = OmegaConf.get_type(schema) is dict  # mesh.rules: any keys
+    return {k: v if open_group else _known(v, schema._get_node(k)) for k, v in recorded.items()
+            if open_group or k in schema}
+
+
+def default_settings(overrides: list[str]) -> Config:
+    """The shipped `train` config with `overrides` (what a model without a run config trains with)."""
+    return typed(compose_train(overrides))
+
+
+def with_hf_model(cfg: DictConfig) -> DictConfig:
+    """`cfg` with its `model` taken from the HF directory that `init_from` names (the architecture
+    comes from the pretrained model, not from `model=`); `cfg` itself when it names none."""
+    directory = hf_directory.hf_dir(cfg.init_from)
+    if directory is None:
+        return cfg
+    try:
+        arch = hf_directory.architecture(directory)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"init_from={cfg.init_from}: {exc}") from exc
+    except hf_convert.HFConfigError as exc:
+        raise ConfigError("init_from", f"{directory}/{hf_convert.CONFIG_FILE}: {exc}") from exc
+    vocab = arch.pop("vocab")
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key, value in arch.items():
+            cfg.model[key] = value
+        # the multiple that pads this run's tokenizer to the pretrained model's rows
+        cfg.model.vocab_multiple = hf_convert.vocab_multiple(pipeline.open_store(cfg.data).tokenizer.vocab_size, vocab)
+    return cfg
 
 
 def with_law_lr(cfg: DictConfig, params: int, tokens: int, batch_tokens: int) -> DictConfig:
@@ -115,23 +221,25 @@ def build_run(cfg: DictConfig, run_dir, devices=None) -> Run:
     cfg = with_hf_model(cfg)
     validate(cfg)
     trackers.check(cfg.logger)  # a selected tracker's missing package fails here, before compilation
-    t = cfg.train
     store = pipeline.open_store(cfg.data)
-    plan = pipeline.plan(store, cfg.data, t.batch_size)
-    vocab = store.tokenizer.vocab_size
-    spec = ModelSpec.from_config(cfg, vocab)
-    mesh = meshlib.make_mesh(cfg.mesh, devices)
-    rules = OmegaConf.to_container(cfg.mesh.rules)
+    plan = pipeline.plan(store, cfg.data, cfg.train.batch_size)
+    spec = model_spec(typed(cfg), store.tokenizer.vocab_size)
     counts = ledger.Ledger.of(spec.shape)
-    cfg = with_law_lr(cfg, counts.params, plan.steps * plan.tokens_per_step, t.batch_size * cfg.data.seq_len)
-    hyper = optim.hyper_of(cfg.optimizer, cfg.schedule, plan.steps)
+    cfg = with_law_lr(cfg, counts.params, plan.steps * plan.tokens_per_step, cfg.train.batch_size * cfg.data.seq_len)
+    s = typed(cfg)  # the record everything below is handed: after this line no DictConfig is read
+    t = s.train
+    mesh = meshlib.make_mesh(s.mesh, devices)
+    rules = dict(s.mesh.rules)
     fns = model_fns(spec)
     grad_accum = t.grad_accum or auto_grad_accum(
-        t.batch_size, cfg.data.seq_len, meshlib.batch_shards(rules, mesh, t.batch_size), jax.default_backend())
-    steps = build_steps(fns, mesh, rules_key(rules), t.batch_size, grad_accum, impl=cfg.mesh.impl,
-                        optimizer=cfg.optimizer.name)
-    return Run(cfg=cfg, run_dir=Path(run_dir), store=store, plan=plan, shape=spec.shape,
-               counts=counts, mesh=mesh, rules=rules, hyper=hyper, fns=fns,
-               grad_accum=grad_accum, steps=steps, config=OmegaConf.to_container(cfg, resolve=True),
-               cadence=Cadence(plan.steps, t.log_every, t.eval_every, cfg.checkpoint.every,
-                               frozenset(cfg.checkpoint.steps)))
+        t.batch_size, s.data.seq_len, meshlib.batch_shards(rules, mesh, t.batch_size), jax.default_backend())
+    steps = build_steps(fns, mesh, rules_key(rules), t.batch_size, grad_accum, impl=s.mesh.impl,
+                        optimizer=s.optimizer.name)
+    origin = Origin(model_name=s.model.name, init_from=s.init_from, fork_from=s.fork_from, role=s.role,
+                    budget=s.budget, lr_law=s.optimizer.lr_law)
+    return Run(run_dir=Path(run_dir), origin=origin, store=store, data=s.data, plan=plan, train=t,
+               shape=spec.shape, counts=counts, mesh=mesh, rules=rules, mesh_impl=s.mesh.impl,
+               optimizer=s.optimizer.name, hyper=optim.hyper_of(s.optimizer, s.schedule, plan.steps), fns=fns,
+               grad_accum=grad_accum, steps=steps,
+               cadence=Cadence(plan.steps, t.log_every, t.eval_every, s.checkpoint.every, frozenset(s.checkpoint.steps)),
+               checkpoint=s.checkpoint, logger=s.logger, config=OmegaConf.to_container(cfg, resolve=True))

@@ -109,9 +109,11 @@ class Checkpointer:
         self.on_complete = on_complete  # called once complete checkpoints are listed (a mirror's upload)
         # read-only: no directory created, no temporary directory cleaned (it may be a save in
         # progress of the run that owns it), nothing deleted
-        self._options = ocp.CheckpointManagerOptions(
-            read_only=True, create=False, save_interval_steps=0, enable_async_checkpointing=False) \
-            if read_only else _options(keep, steps, async_save)
+        if read_only:
+            self._options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                                         enable_async_checkpointing=False)
+        else:
+            self._options = _options(keep, steps, async_save)
         self.manager = ocp.CheckpointManager(checkpoint_dir(self.run_dir), options=self._options,
                                              item_names=ITEMS)
         self._unlisted: list[int] = []  # saved steps whose file lists are not written yet
@@ -234,8 +236,8 @@ def _reason(exc: BaseException | None) -> str:
 
 
 def _not_damaged_message(step_dir: Path, exc: Exception | None, listed: bool) -> str:
-    checked = "its files match the sizes and checksums recorded when it was saved" if listed else \
-        "its files and metadata are all there and readable"
+    checked = ("its files match the sizes and checksums recorded when it was saved" if listed
+               else "its files and metadata are all there and readable")
     return (f"cannot restore checkpoint {step_dir}: {_reason(exc)}. It is not damaged ({checked}), so "
             "this looks like a transient filesystem error, memory exhaustion or a library version change; "
             "every checkpoint was left in place: fix the cause and start the same command again")
@@ -330,8 +332,8 @@ def _newest_step_dir(path: Path) -> Path:
     if (path / "state").is_dir():
         return path
     parent = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-    steps = sorted((int(p.name), p) for p in parent.iterdir() if p.name.isdigit() and (p / "state").is_dir()) \
-        if parent.is_dir() else []
+    held = parent.iterdir() if parent.is_dir() else ()
+    steps = sorted((int(p.name), p) for p in held if p.name.isdigit() and (p / "state").is_dir())
     if not steps:
         raise NoCheckpoint(f"{path}: no checkpoint found (expected a run dir with checkpoints/<step>/, "
                               f"or a checkpoint step dir holding state/)")

@@ -19,6 +19,7 @@ from scalelab.runfiles import TRAIN_LOG
 from scalelab.runtime import hardware, watchdog
 from scalelab.train.build import Run
 from scalelab.train.progress import Progress
+from scalelab.train.session import checkpoint_meta
 
 log = logging.getLogger("scalelab")
 
@@ -57,8 +58,8 @@ class Recorder:
         self.last_row: dict = {}
 
     def record(self, step: int, metrics, params, evaluate_now: bool = False) -> None:
-        values = metrics if all(type(v) is float for v in metrics.values()) else \
-            {k: float(v) for k, v in jax.device_get(metrics).items()}
+        plain = all(type(v) is float for v in metrics.values())
+        values = metrics if plain else {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not all(math.isfinite(values[k]) for k in ("train_loss", "grad_norm")):
             raise Diverged(step, values)
         if not (evaluate_now or self.run.cadence.logs(step)):
@@ -84,12 +85,12 @@ class Recorder:
 def data_streams(run: Run, data_state, threads: bool = True):
     """The training iterator (at its saved position when resuming; see `pipeline.train_iterator`
     for `threads`) and the held-out batches."""
-    cfg, t = run.cfg, run.cfg.train
-    data_iter = pipeline.train_iterator(run.store, cfg.data, t.batch_size, t.seed, run.plan.steps,
+    t = run.train
+    data_iter = pipeline.train_iterator(run.store, run.data, t.batch_size, t.seed, run.plan.steps,
                                         jax.process_index(), jax.process_count(), threads)
     if data_state is not None:
         data_iter.set_state(data_state)
-    eval_set = pipeline.eval_batches(run.store, cfg.data, t.batch_size, t.eval_tokens,
+    eval_set = pipeline.eval_batches(run.store, run.data, t.batch_size, t.eval_tokens,
                                      jax.process_index(), jax.process_count())
     return data_iter, eval_set
 
@@ -98,9 +99,7 @@ def train_loop(run: Run, state, data_state, start_step: int, ckpt, runlog, summa
                dog=watchdog.OFF) -> dict:
     """Train from `start_step` to the end (or a preemption); the summary's final fields. Progress
     is reported to `dog` (runtime/watchdog.py) after each step, eval batch and checkpoint save."""
-    from scalelab.train.summary import checkpoint_meta
-
-    t, total = run.cfg.train, run.plan.steps
+    t, total = run.train, run.plan.steps
     peak, peak_method = hardware.peak_flops(t.precision)
     data_iter, eval_set = data_streams(run, data_state)
     eval_loss = summary.get("final_eval_loss")

@@ -22,7 +22,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 def mesh_shape(mesh_cfg, n_devices: int) -> dict[str, int]:
     """Axis sizes from config, filling the one -1 axis with the devices left over."""
-    sizes = {a: int(mesh_cfg[a]) for a in MESH_AXES}
+    sizes = {a: int(getattr(mesh_cfg, a)) for a in MESH_AXES}
     free = [a for a, v in sizes.items() if v == -1]
     if len(free) > 1:
         raise ConfigError(f"mesh.{free[1]}", f"only one mesh axis may be -1; got {', '.join(free)}")
@@ -52,7 +52,7 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     return Mesh(grid, MESH_AXES)
 
 
-def _mesh_axes_of(rule) -> tuple[str, ...]:
+def mesh_axes_of(rule) -> tuple[str, ...]:
     if rule is None:
         return ()
     if isinstance(rule, str):
@@ -72,7 +72,7 @@ def logical_to_spec(logical_axes, rules, mesh: Mesh | None = None) -> PartitionS
         if name not in rules:
             raise ConfigError(f"mesh.rules.{name}", f"no rule for logical axis {name!r}")
         axes = []
-        for a in _mesh_axes_of(rules[name]):
+        for a in mesh_axes_of(rules[name]):
             if a not in MESH_AXES:
                 raise ConfigError(f"mesh.rules.{name}", f"unknown mesh axis {a!r} (known: {', '.join(MESH_AXES)})")
             if a in used or (mesh is not None and mesh.shape[a] == 1):
@@ -87,7 +87,7 @@ def check_divisible(key: str, what: str, shape, spec: PartitionSpec, mesh: Mesh,
     """Raise ConfigError(key) when a dimension of `what` does not split evenly over its mesh axes."""
     for dim, (size, entry) in enumerate(zip(shape, spec)):
         name = f" ({logical[dim]})" if logical else ""
-        axes = _mesh_axes_of(entry)
+        axes = mesh_axes_of(entry)
         ways = math.prod(mesh.shape[a] for a in axes)
         if size % ways:
             raise ConfigError(
@@ -102,7 +102,7 @@ def param_shardings(axes_tree, shapes_tree, rules, mesh: Mesh):
 
     def one(path, axes, shape):
         spec = logical_to_spec(axes, rules, mesh)
-        axis = next((a for e in spec for a in _mesh_axes_of(e)), "tensor")
+        axis = next((a for e in spec for a in mesh_axes_of(e)), "tensor")
         check_divisible(f"mesh.{axis}", f"parameter {jax.tree_util.keystr(path)}", shape, spec, mesh, axes)
         return NamedSharding(mesh, spec)
 

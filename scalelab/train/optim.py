@@ -81,8 +81,9 @@ class Hyper(NamedTuple):
 def schedule_values(schedule_cfg, peak_lr: float, total_steps: int) -> Schedule:
     """The schedule of one run of `total_steps` steps peaking at `peak_lr`."""
     warm = warmup_steps(schedule_cfg, total_steps)
-    decay_start = total_steps - int(round(schedule_cfg.decay * total_steps)) if schedule_cfg.name == "wsd" \
-        else total_steps
+    decay_start = total_steps
+    if schedule_cfg.name == "wsd":
+        decay_start = total_steps - int(round(schedule_cfg.decay * total_steps))
     final = peak_lr * schedule_cfg.final_lr_ratio
     kind = SCHEDULE_KINDS.index(schedule_cfg.name)
     return Schedule(*(np.float32(v) for v in (peak_lr, warm, total_steps, decay_start, final, kind)))
@@ -91,7 +92,7 @@ def schedule_values(schedule_cfg, peak_lr: float, total_steps: int) -> Schedule:
 def hyper_of(opt_cfg, schedule_cfg, total_steps: int) -> Hyper:
     """The `Hyper` of a run's `optimizer` and `schedule` configs."""
     return Hyper(schedule_values(schedule_cfg, opt_cfg.lr, total_steps),
-                 *(np.float32(opt_cfg[k]) for k in ("weight_decay", "clip", "b1", "b2", "eps", "muon_momentum",
+                 *(np.float32(getattr(opt_cfg, k)) for k in ("weight_decay", "clip", "b1", "b2", "eps", "muon_momentum",
                                                      "muon_rms")))
 
 

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 
 import jax
@@ -32,21 +31,17 @@ from scalelab.config import ConfigError
 from scalelab.runfiles import TRAIN_LOG
 from scalelab.runtime import faults, watchdog
 from scalelab.train.build import Run
-from scalelab.train.checkpoint import Checkpointer
 from scalelab.train.loop import Diverged, Recorder, data_streams, evaluate
 from scalelab.train.preemption import PreemptionGuard
 from scalelab.train.progress import Progress
-from scalelab.train.run import finish, open_log
-from scalelab.train.rundir import RunDirError, RunLock, previous_state
-from scalelab.train.runlog import read_metrics, read_summary, write_summary
-from scalelab.train.start import initial_state
+from scalelab.train.runlog import read_metrics, write_summary
+from scalelab.train.session import Session, checkpoint_meta
 from scalelab.train.step import (
     build_member_parallel_step,
     build_packed_chunk_step,
     rules_key,
     stacked_sharding,
 )
-from scalelab.train.summary import base_summary, checkpoint_meta
 
 log = logging.getLogger("scalelab")
 
@@ -59,18 +54,14 @@ HOST_STACK_BYTES = 16 * 2**20
 
 @dataclass(eq=False)
 class Member:
-    """One run of a packed group, with the files and streams it owns."""
+    """One run of a packed group: its `Session` (the same start and end as a solo run's) and its place
+    in the group's loop."""
 
-    run: Run
-    lock: RunLock
-    ckpt: Checkpointer | None = None
-    runlog: object = None
-    summary: dict = field(default_factory=dict)
+    session: Session
     data_iter: object = None
     eval_set: list = field(default_factory=list)
     step: int = 0
     rec: Recorder | None = None
-    started: float = field(default_factory=time.time)
     first_done: tuple | None = None
     eval_loss: float | None = None
     # a member that completed before a relaunch, kept in the program as an idle copy until the step
@@ -78,18 +69,18 @@ class Member:
     ghost: bool = False
     resuming: bool = False  # it had started before this launch (its run directory says so)
 
-    @property
-    def name(self) -> str:
-        return self.run.run_dir.name
+    run = property(lambda self: self.session.run)
+    name = property(lambda self: self.session.name)
+    summary = property(lambda self: self.session.summary)
+    ckpt = property(lambda self: self.session.ckpt)
 
 
 def group_key(run: Run) -> tuple:
     """Runs with equal keys can train as one vmapped program."""
-    cfg = run.cfg
     data = {k: v for k, v in run.config["data"].items() if k not in ("tokens", "prefetch")}
-    return (run.fns.spec, tuple(run.mesh.shape.items()), rules_key(run.rules), cfg.train.batch_size,
-            run.grad_accum, cfg.mesh.impl, str(sorted(data.items())), cfg.train.eval_tokens,
-            cfg.optimizer.name)  # the optimizer shapes the train state and the update
+    return (run.fns.spec, tuple(run.mesh.shape.items()), rules_key(run.rules), run.train.batch_size,
+            run.grad_accum, run.mesh_impl, str(sorted(data.items())), run.train.eval_tokens,
+            run.optimizer)  # the optimizer shapes the train state and the update
 
 
 @jax.jit
@@ -133,8 +124,8 @@ class PackedGroup:
         self.leader = runs[0]
         self.members: list[Member] = []
         self.results: dict[str, dict] = {}
-        self.pending: list[Member] = [Member(run=r, lock=RunLock(r.run_dir, enabled=r.is_main)) for r in runs]
         self.names = [r.run_dir.name for r in runs]
+        self.pending: list[Member] = [Member(Session(r, packed_with=self.names)) for r in runs]
         self.completed: list[Member] = []  # members found completed when the group started
 
     # ---- starting ---------------------------------------------------------------------------
@@ -185,36 +176,22 @@ class PackedGroup:
             return None
 
     def _open(self, m: Member) -> bool:
-        """Lock the member's directory and open its checkpoints; False if it completed already."""
-        m.lock.__enter__()
-        try:
-            previous = previous_state(m.run.run_dir, m.run.config)
-        except RunDirError:
-            m.lock.__exit__(None, None, None)  # another run's directory: leave every file of it as it is
-            raise
-        if previous == "completed":
-            log.info("%s already completed with this config; nothing to do", m.run.run_dir)
-            self.results[m.name] = read_summary(m.run.run_dir)
-            m.lock.__exit__(None, None, None)
+        """Open the member's session; False if it completed already."""
+        if not m.session.open():
+            self.results[m.name] = m.session.done
             self.completed.append(m)
             return False
-        m.summary = base_summary(m.run) | {"packed_with": self.names}
-        m.resuming = previous == "resume"
-        if previous == "resume":
-            m.summary["resumed_from"] = (read_summary(m.run.run_dir) or {}).get("resumed_from", [])
-        c = m.run.cfg.checkpoint
-        m.ckpt = Checkpointer(m.run.run_dir, keep=c.keep, async_save=c.async_save, steps=c.steps)
+        m.resuming = m.session.resuming
         return True
 
     def _restore(self, m: Member, common: int):
         """The member's state at `common` (or its newest, see `start`), its log and data streams."""
         held = m.ckpt.steps()
         at_most = common if any(s <= common for s in held) else None
-        state, data_state, m.step = initial_state(m.run, m.ckpt, at_most)
+        state, data_state, m.step = m.session.start(at_most)
         if held and m.step < held[-1]:
             log.info("%s resumes at step %d with its group (its newest checkpoint is %d)", m.name, m.step,
                      held[-1])
-        m.runlog = open_log(m.run, m.summary, m.step)
         m.data_iter, m.eval_set = data_streams(m.run, data_state, threads=False)
         m.eval_loss = m.summary.get("final_eval_loss")
         return state
@@ -239,23 +216,15 @@ class PackedGroup:
 
     # ---- ending a member --------------------------------------------------------------------
     def _fail(self, m: Member, exc: BaseException) -> None:
-        m.summary = m.summary or {"status": "failed", "packed_with": self.names}
-        m.summary.update(status="failed", error={"message": f"{type(exc).__name__}: {exc}",
-                                                 "traceback": traceback.format_exc()})
-        self._close(m)
+        m.session.fail(exc)
+        self._ended(m)
         log.error("%s failed: %s", m.name, exc)
 
     def _close(self, m: Member) -> None:
-        holds_dir = m.lock._fd is not None or not m.lock.enabled
-        if m.ckpt is not None:
-            finish(m.run, m.summary, m.runlog, m.ckpt, m.started)
-        elif m.run.is_main and holds_dir:  # never write into a directory a live run holds
-            from scalelab.train.runlog import RunLog
+        m.session.close()
+        self._ended(m)
 
-            runlog = RunLog(m.run.run_dir, enabled=True)
-            runlog.summary(m.summary)
-            runlog.close()
-        m.lock.__exit__(None, None, None)
+    def _ended(self, m: Member) -> None:
         if m.rec is not None:
             m.rec.bar.__exit__(None, None, None)
         self.results[m.name] = m.summary
@@ -301,11 +270,11 @@ class Layout:
         """The group's jitted call: K steps of every member (see `steps_of_one_run`)."""
         run = self.leader
         if self.member_mesh is not None:
-            return build_member_parallel_step(run.fns, self.member_mesh, run.grad_accum, run.cfg.optimizer.name)
-        if run.cfg.mesh.impl != "jit":
+            return build_member_parallel_step(run.fns, self.member_mesh, run.grad_accum, run.optimizer)
+        if run.mesh_impl != "jit":
             raise ConfigError("mesh.impl", "packed sweeps run with mesh.impl=jit")
-        return build_packed_chunk_step(run.fns, run.mesh, rules_key(run.rules), run.cfg.train.batch_size,
-                                       run.grad_accum, width, run.cfg.optimizer.name)
+        return build_packed_chunk_step(run.fns, run.mesh, rules_key(run.rules), run.train.batch_size,
+                                       run.grad_accum, width, run.optimizer)
 
     def shardings(self, width: int):
         """(state, batches, per-member input) shardings of a stack of `width`."""
@@ -370,7 +339,7 @@ class PackedLoop:
         real = next(rows for rows in per_member if rows is not None)
         per_member = [np.zeros_like(real) if rows is None else rows for rows in per_member]
         local_WxKxBxT1 = np.stack(per_member + [per_member[-1]] * (self.width - len(per_member)))
-        shape = (self.width, k, self.g.leader.cfg.train.batch_size, *local_WxKxBxT1.shape[3:])
+        shape = (self.width, k, self.g.leader.train.batch_size, *local_WxKxBxT1.shape[3:])
         batches = jax.make_array_from_process_local_data(self.batch_sh, local_WxKxBxT1, shape)
         return batches, jax.device_put(active_WxK, self.member_sh)
 
@@ -511,7 +480,7 @@ def stalled_members(group: PackedGroup, message: str) -> None:
 
 def member_progress(m: Member) -> Progress:
     """A member's log lines (off a terminal; on one, a packed group draws no bars), in its train.log."""
-    on = m.run.is_main and m.run.cfg.train.progress and not sys.stderr.isatty()
+    on = m.run.is_main and m.run.train.progress and not sys.stderr.isatty()
     return Progress(m.run.plan.steps, enabled=on, log_file=m.run.run_dir / TRAIN_LOG, label=f"{m.name}: ").__enter__()
 
 
@@ -528,14 +497,14 @@ def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | Non
     states = group.start()
     if not group.members:
         return group.results
-    peak, _ = hardware.peak_flops(group.leader.cfg.train.precision)
+    peak, _ = hardware.peak_flops(group.leader.train.precision)
     real = [m for m in group.members if not m.ghost]
-    dog = watchdog.Watchdog(group.leader.cfg.train.stall_timeout, [m.run.run_dir / TRAIN_LOG for m in real],
+    dog = watchdog.Watchdog(group.leader.train.stall_timeout, [m.run.run_dir / TRAIN_LOG for m in real],
                             on_stall=lambda message: stalled_members(group, message),
                             process=jax.process_index())
     loop = PackedLoop(group, peak, Layout(group.leader, member_mesh), steps_per_call, dog)
     for m in real:
-        m.rec = Recorder(m.run, m.runlog, member_progress(m), m.eval_set, m.step, peak, dog)
+        m.rec = Recorder(m.run, m.session.runlog, member_progress(m), m.eval_set, m.step, peak, dog)
     states = group.finish_ended(states, peak)
     if all(m.ghost for m in group.members):
         return group.results

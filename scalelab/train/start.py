@@ -8,8 +8,7 @@ import logging
 import jax
 
 from scalelab import paths
-from scalelab.runfiles import CHECKPOINT_FILES, CHECKPOINTS
-from scalelab.train import hf_checkpoint, optim
+from scalelab.interop.hf import directory as hf_directory
 from scalelab.train.build import Run
 from scalelab.train.checkpoint import (
     Checkpointer,
@@ -18,6 +17,7 @@ from scalelab.train.checkpoint import (
     find_checkpoint,
     load_params,
 )
+from scalelab.train.store import checkpoint_names
 
 log = logging.getLogger("scalelab")
 
@@ -25,46 +25,49 @@ log = logging.getLogger("scalelab")
 def initial_state(run: Run, ckpt: Checkpointer, at_most: int | None = None):
     """(state, data iterator state or None, step) of the run's first step: its newest checkpoint
     (at step `at_most` or before, when given), else its start."""
-    steps, t = run.steps, run.cfg.train
+    steps, t = run.steps, run.train
     abstract = jax.eval_shape(steps.init_state, t.seed)
     restored = ckpt.restore_latest(abstract, steps.state_shardings, at_most)
     if restored is not None:
         state, data_state, meta = restored
         return state, data_state, int(meta["step"])
-    if run.cfg.fork_from:
+    if run.origin.fork_from:
         return fork(run, abstract)
     state = steps.init_state(t.seed)
-    if hf_checkpoint.hf_dir(run.cfg.init_from) is not None:
-        state["params"] = hf_checkpoint.init_params(run.cfg.init_from, abstract["params"],
-                                                    steps.state_shardings["params"], run.store.tokenizer)
-    elif run.cfg.init_from:
+    if hf_directory.hf_dir(run.origin.init_from) is not None:
         try:
-            check_tokenizer(run, run.cfg.init_from)
+            state["params"] = hf_directory.init_params(run.origin.init_from, abstract["params"],
+                                                       steps.state_shardings["params"], run.store.tokenizer)
+        except hf_directory.HFError as exc:
+            raise CheckpointError(str(exc)) from exc
+    elif run.origin.init_from:
+        try:
+            check_tokenizer(run, run.origin.init_from)
         except NoCheckpoint as exc:
-            raise CheckpointError(f"init_from={run.cfg.init_from}: {exc}") from exc
-        state["params"] = load_params(run.cfg.init_from, abstract["params"], steps.state_shardings["params"])
+            raise CheckpointError(f"init_from={run.origin.init_from}: {exc}") from exc
+        state["params"] = load_params(run.origin.init_from, abstract["params"], steps.state_shardings["params"])
     return state, None, 0
 
 
 def fork_step(run: Run) -> int:
     """The step at which this WSD run's decay begins: where it forks from the stable run."""
-    return int(optim.schedule_values(run.cfg.schedule, 1.0, run.plan.steps).decay_start)
+    return int(run.hyper.schedule.decay_start)
 
 
 def fork(run: Run, abstract):
     """The stable run's full state (parameters, optimizer, data position) at this run's decay start."""
     step = fork_step(run)
-    source = Checkpointer.reader(fork_source(run.cfg.fork_from, step))
+    source = Checkpointer.reader(fork_source(run.origin.fork_from, step))
     try:
         if step not in source.steps():
             raise CheckpointError(
-                f"fork_from={run.cfg.fork_from} has no checkpoint at step {step} (this run's decay start); "
+                f"fork_from={run.origin.fork_from} has no checkpoint at step {step} (this run's decay start); "
                 f"it has {source.steps()}: run the stable phase with checkpoint.steps=[{step}, ...]"
             )
         state, data_state, _ = source.restore_step(step, abstract, run.steps.state_shardings)
     finally:
         source.close()
-    log.info("forked from %s at step %d", run.cfg.fork_from, step)
+    log.info("forked from %s at step %d", run.origin.fork_from, step)
     return state, data_state, step
 
 
@@ -72,7 +75,7 @@ def fork_source(fork_from: str, step: int):
     """The stable run's directory; at a URL, a download of its checkpoint at `step` only."""
     if not paths.is_url(fork_from):
         return fork_from
-    wanted = (f"{CHECKPOINTS}/{step}/", f"{CHECKPOINT_FILES}/{step}.json")
+    wanted = checkpoint_names(step)
     return paths.fetch(fork_from, lambda name: name.startswith(wanted), paths.DOWNLOADS)
 
 

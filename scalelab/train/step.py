@@ -80,7 +80,7 @@ def shard_map_loss_and_grads(fns: ModelFns, mesh, param_specs, batch_spec, grad_
 
     def fsdp_dim(spec) -> int | None:
         for dim, entry in enumerate(spec):
-            if "fsdp" in meshlib._mesh_axes_of(entry):
+            if "fsdp" in meshlib.mesh_axes_of(entry):
                 return dim
         return None
 

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from scalelab.analysis import compare
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.compare import compute_multiplier, multiplier_trend
+from scalelab.analysis.decide import compare
+from scalelab.analysis.decide.compare import compute_multiplier, multiplier_trend
 
 LAW_A = sy.ChinchillaLaw()
 SCALE = 2.0   # B behaves like A with N and D both 2x larger: 4x compute at the optimum

@@ -12,7 +12,7 @@ import pytest
 
 from scalelab.analysis import AnalysisError, fit
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.approach3 import HuberLogObjective
+from scalelab.analysis.fitting.approach3 import HuberLogObjective
 
 LAW = sy.ChinchillaLaw()
 BAD_START = [0.0, 0.0, 1.0, 2.0, 2.0]   # a, b, e, alpha, beta: A = B = 1, E = e, steep exponents
@@ -70,7 +70,7 @@ def test_single_bad_start_does_not_recover(grid_table, approach3_default):
 
 def test_approach3_exact_optimum_matches_closed_form_under_knd(approach3_default):
     """With C = 6*N*D in the table, the numerical optimum is N_opt = G (C/6)^(beta/(alpha+beta))."""
-    from scalelab.analysis.approach3 import compute_optimal_coefficients
+    from scalelab.analysis.fitting.approach3 import compute_optimal_coefficients
     r = approach3_default
     p = r.params
     closed = compute_optimal_coefficients(p["E"], p["A"], p["B"], p["alpha"], p["beta"], 6.0)
@@ -94,7 +94,7 @@ def test_approach3_flops_per_token_from_table_and_given(grid_table):
 
 
 def test_default_start_grid_is_the_published_one():
-    from scalelab.analysis.approach3 import start_grid
+    from scalelab.analysis.fitting.approach3 import start_grid
     grid = start_grid()
     assert grid.shape == (4500, 5)
     assert start_grid(100, seed=1).shape == (100, 5) and start_grid(5000).shape == (5000, 5)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalelab.analysis import report
 from scalelab.analysis import synthetic as sy
+from scalelab.analysis.reports import study as report
 from scalelab.analysis.result import FitResult
 from scalelab.cli import analyze as cli
 

@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from scalelab.analysis import fit, read_verdict, report
+from scalelab.analysis import fit, read_verdict
 from scalelab.analysis import synthetic as sy
 from scalelab.analysis.bootstrap import bca_interval
-from scalelab.analysis.flops_model import flops_per_token_model
-from scalelab.analysis.optimum import exact_optimum
+from scalelab.analysis.fitting.optimum import exact_optimum
+from scalelab.analysis.reports import study as report
 from scalelab.analysis.result import FitResult
+from scalelab.analysis.runs.flops_model import flops_per_token_model
 from scalelab.analysis.verdict import assess
 
 LADDER = sy.ChinchillaLaw(E=1.2, A=100.0, B=300.0, alpha=0.5, beta=0.45, k=6.0, overhead=630.0)
@@ -172,8 +173,8 @@ def test_holdout_predicts_the_best_run_of_the_largest_budget(quickstart_like):
 
 def test_with_seeds_the_held_out_target_is_the_best_points_mean(quickstart_like):
     """Two seeds per point: the target is the lowest *mean* over a point's seeds, not the lowest run."""
-    from scalelab.analysis.approach2 import budget_minimum
-    from scalelab.analysis.fitting import split_largest_budget
+    from scalelab.analysis.fitting.approach2 import budget_minimum
+    from scalelab.analysis.fitting.approaches import split_largest_budget
 
     rng = np.random.default_rng(4)
     seeds = pd.concat([quickstart_like.assign(seed=s) for s in (0, 1)], ignore_index=True)

@@ -9,10 +9,10 @@ import pytest
 
 from scalelab.analysis import AnalysisError, fit
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.law_expr import parse
-from scalelab.analysis.law_file import load_law_file
-from scalelab.analysis.law_forms import parse_fix
-from scalelab.analysis.markdown import fit_text
+from scalelab.analysis.fitting.expression import parse
+from scalelab.analysis.fitting.forms import parse_fix
+from scalelab.analysis.fitting.law_files import load_law_file
+from scalelab.analysis.reports.tables import fit_text
 
 SIZES = np.logspace(7, 10, 7)
 TOKENS = np.logspace(8.5, 11.5, 7)
@@ -117,7 +117,7 @@ def yaml_law(tmp_path_factory):
 
 
 def test_law_file_fits_and_predicts_as_the_builtin(yaml_law):
-    from scalelab.analysis.predict import intervals_at
+    from scalelab.analysis.fitting.predict import intervals_at
     table = sy.law_runs("chinchilla", CHINCHILLA, sy.design_runs(SIZES, TOKENS), seed=5)
     builtin, from_file = fit(table, "3", n_starts=200), fit(table, "3", n_starts=200, law=str(yaml_law))
     for key, value in builtin.params.items():

@@ -8,8 +8,8 @@ import pytest
 
 from scalelab.analysis import AnalysisError, fit
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.law_forms import BUILTIN
-from scalelab.analysis.predict import intervals_at
+from scalelab.analysis.fitting.forms import BUILTIN
+from scalelab.analysis.fitting.predict import intervals_at
 from scalelab.cli.analyze import main
 
 ENVELOPE = {"Linf": 1.7, "A": 2000.0, "alpha": 0.17}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from scalelab.analysis.errors import AnalysisError
-from scalelab.analysis.lr_law import fit_lr_law, mark_cells, optimum_of
+from scalelab.analysis.hyper.lr_law import fit_lr_law, mark_cells, optimum_of
 from scalelab.cli.analyze import main as analyze_main
 from scalelab.lr_law_file import read_law
 
@@ -101,7 +101,7 @@ def test_collect_best_over_lr_on_built_runs(tmp_path):
     """Run dirs as the trainer writes them (summaries of built runs, two sizes x four lrs, one size's
     best at the grid's edge), with a loss made up from the lr: collect marks cells and best runs."""
     from scalelab.train.build import build_run
-    from scalelab.train.summary import base_summary
+    from scalelab.train.session import base_summary
     from tests.helpers import TINY, compose_config
 
     sweep = tmp_path / "sweep"
@@ -123,7 +123,7 @@ def test_collect_best_over_lr_on_built_runs(tmp_path):
     assert bracketed[3e-3] and not bracketed[1e-3]
     opt = table.loc[table["is_best"] & (table["lr"] == 3e-3), "lr_opt"].iloc[0]
     assert opt == pytest.approx(3e-3, rel=0.05)
-    from scalelab.analysis.lr_law import best_per_cell
-    from scalelab.analysis.table import load_table
+    from scalelab.analysis.hyper.lr_law import best_per_cell
+    from scalelab.analysis.runs.table import load_table
     with pytest.warns(UserWarning, match="1 of 2 cell"):
         assert len(best_per_cell(load_table(out))) == 2

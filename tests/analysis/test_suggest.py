@@ -8,11 +8,11 @@ import pytest
 
 from scalelab.analysis import fit
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.candidates import make_candidates, model_params, overrides_text
-from scalelab.analysis.flops_model import flops_per_token_model
-from scalelab.analysis.law_forms import BUILTIN
-from scalelab.analysis.predict import predict_many
-from scalelab.analysis.suggest import fisher_information, greedy_pick, interval_width, suggest
+from scalelab.analysis.decide.candidates import make_candidates, model_params, overrides_text
+from scalelab.analysis.decide.suggest import fisher_information, greedy_pick, interval_width, suggest
+from scalelab.analysis.fitting.forms import BUILTIN
+from scalelab.analysis.fitting.predict import predict_many
+from scalelab.analysis.runs.flops_model import flops_per_token_model
 from scalelab.cli.analyze import main
 
 LAW = sy.ChinchillaLaw()

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scalelab.cli.workflow import add_parsers
-from scalelab.data import tokenizer as tokenizers
+from scalelab.data import tokenizer_files
 from scalelab.data.bpe import BPETokenizer
 from scalelab.data.clean import clean_text
 from scalelab.data.prepare import PrepareOptions, prepare
@@ -188,8 +188,8 @@ def test_bpe_tokenizer_round_trips_and_keeps_the_eos_literal_as_text(tmp_path):
     ids = tok.encode(text)
     assert tok.decode(ids) == text and tok.eos_id not in ids
     assert len(tok.encode("river stone light garden")) < len("river stone light garden")  # merges learnt
-    tokenizers.save(tok, tmp_path)
-    loaded = tokenizers.load(tmp_path)
+    tokenizer_files.save(tok, tmp_path)
+    loaded = tokenizer_files.load(tmp_path)
     assert loaded.kind == "bpe" and np.array_equal(loaded.encode(text), ids) and loaded.eos_id == tok.eos_id
     with pytest.raises(ValueError, match="at least 257"):
         BPETokenizer.train(iter(["x"]), vocab_size=100)

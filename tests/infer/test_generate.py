@@ -120,7 +120,7 @@ def test_cached_decoding_computes_what_the_full_forward_computes(case):
 def test_cached_decoding_of_an_imported_hugging_face_model(tmp_path):
     from scalelab.data.tokenizer import ByteTokenizer
     from scalelab.infer.load import load_model
-    from scalelab.train.hf_checkpoint import export_hf
+    from scalelab.interop.hf.directory import export_hf
 
     fns, params = random_model(4, 2, False, "standard", "float32", "blockwise")
     tokenizer = ByteTokenizer()

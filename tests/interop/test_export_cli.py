@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scalelab.cli import export as export_cli
-from scalelab.train import hf_checkpoint as hfc
+from scalelab.interop.hf import directory as hfc
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 from scalelab.data.prepare import PrepareOptions, prepare  # noqa: E402
 from scalelab.data.stdlib import source_files  # noqa: E402
 from scalelab.infer.evaluate import evaluate  # noqa: E402
-from scalelab.train.hf_checkpoint import export_hf  # noqa: E402
+from scalelab.interop.hf.directory import export_hf  # noqa: E402
 from scalelab.train.run import run  # noqa: E402
 from scalelab.train.runlog import read_metrics  # noqa: E402
 from tests.helpers import TINY, compose_config  # noqa: E402
@@ -20,7 +20,7 @@ from tests.helpers import TINY, compose_config  # noqa: E402
 def pretrained(tmp_path_factory):
     """A random Llama (transformers) with scalelab's byte tokenizer, and a byte dataset."""
     from scalelab.data.tokenizer import ByteTokenizer
-    from scalelab.model.hf import from_hf_state, model_config, model_spec
+    from scalelab.interop.hf.convert import from_hf_state, model_config, model_spec
 
     root = tmp_path_factory.mktemp("hf")
     config = transformers.LlamaConfig(vocab_size=264, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scalelab.model import hf
+from scalelab.interop.hf import convert as hf
+from scalelab.interop.hf import directory as hfc
 from scalelab.model.transformer import ModelSpec
-from scalelab.train import hf_checkpoint as hfc
 
 try:
     from scalelab.model.functional import ModelFns

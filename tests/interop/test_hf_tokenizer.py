@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from scalelab.cli.workflow import add_parsers
-from scalelab.data import hf_tokenizer
-from scalelab.data import tokenizer as tokenizers
+from scalelab.data import tokenizer_files
+from scalelab.data import tokenizer_files as hf_tokenizer
 from scalelab.data.bpe import BPETokenizer, FileTokenizer
 from scalelab.data.store import TokenStore
 from scalelab.data.tokenizer import ByteTokenizer
@@ -82,7 +82,7 @@ def test_prepare_with_a_tokenizers_file_gives_its_own_ids(tmp_path):
     manifest = store.manifest
     assert manifest["tokenizer_sha256"] == sha256(store.path / "tokenizer.json")
     assert manifest["tokenizer_file"] == {"path": str(path.resolve()), "sha256": sha256(path)}
-    reloaded = tokenizers.load(store.path)  # the dataset's plain tokenizer.json and tokenizer_config.json
+    reloaded = tokenizer_files.load(store.path)  # the dataset's plain tokenizer.json and tokenizer_config.json
     assert reloaded.to_dict() == store.tokenizer.to_dict()
     assert reloaded.encode("north market river").tolist() == reference.encode("north market river").ids
 
@@ -111,13 +111,13 @@ def test_scalelab_bpe_is_saved_as_a_plain_tokenizer_json(tmp_path):
     assert plain.encode(text).ids == ours.encode(text).tolist() and plain.token_to_id("<|endoftext|>") == ours.eos_id
     assert store.manifest["tokenizer_sha256"] == sha256(store.path / "tokenizer.json")
     assert stored_documents(store) == sorted(tuple(ours.encode(d).tolist()) for d in docs)
-    reloaded = tokenizers.load(store.path)
+    reloaded = tokenizer_files.load(store.path)
     assert reloaded.kind == "bpe" and reloaded.to_dict() == store.manifest["tokenizer"]
     assert np.array_equal(reloaded.encode(TRICKY), ours.encode(TRICKY))  # the eos literal stays text
     legacy = tmp_path / "legacy"  # datasets written before: scalelab's JSON around the BPE
     legacy.mkdir()
     (legacy / "tokenizer.json").write_text(json.dumps(ours.to_dict()))
-    assert tokenizers.load(legacy).to_dict() == ours.to_dict()
+    assert tokenizer_files.load(legacy).to_dict() == ours.to_dict()
 
 
 def test_tokenizers_reach_transformers_with_scalelab_ids(tmp_path):

@@ -116,7 +116,7 @@ def test_a_failed_start_in_a_bucket_leaves_nothing_behind(s3):
 def test_a_push_sends_the_metrics_before_the_checkpoint_list_that_commits_them():
     """A kill between two uploads must never leave a listed checkpoint without its metrics rows in
     the store (the resume would start after rows it never had)."""
-    from scalelab.train.mirror import _order
+    from scalelab.train.store import _order
 
     names = ["summary.json", "checkpoint_files/8.json", "metrics.jsonl", "checkpoints/8/state/x", "train.log"]
     sent = sorted(names, key=lambda n: (_order(n), n))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalelab.analysis.report import report
+from scalelab.analysis.reports.study import report
 
 REPO = Path(__file__).resolve().parents[2]
 REDUCED = ["hydra.sweeper.budgets=[5e9,1.5e10,3e10]", "hydra.sweeper.models=[d8,d12,d16]",

@@ -15,8 +15,8 @@ from scalelab.cli.train import EXIT_DIVERGED, EXIT_PREEMPTED
 from scalelab.train.checkpoint import CheckpointError
 from scalelab.train.loop import Diverged
 from scalelab.train.run import run
-from scalelab.train.rundir import RunDirError, RunLock
 from scalelab.train.runlog import read_metrics, read_summary
+from scalelab.train.store import RunDirError, RunLock
 from tests.helpers import REPO, TINY, compose_config, finish, jax_cache_env
 
 # slower steps than TINY (so that a kill lands mid-run), 40 steps, a checkpoint every 8

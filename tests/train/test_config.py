@@ -146,7 +146,7 @@ def test_a_failed_start_prints_one_error_line_naming_the_data_path(tmp_path, mon
 
 def test_a_failed_start_never_removes_the_directory_of_a_live_run(tmp_path):
     from scalelab.cli.train import clean_failed_start
-    from scalelab.train.rundir import RunLock
+    from scalelab.train.store import RunLock
 
     (tmp_path / ".hydra").mkdir()
     with RunLock(tmp_path):  # a live run still compiling: nothing but Hydra's files and its lock yet
@@ -161,7 +161,7 @@ def test_a_run_recorded_before_a_key_existed_is_still_the_same_run():
     new config holds that key's default, and is when it holds another value."""
     from omegaconf import OmegaConf
 
-    from scalelab.train.rundir import config_differences
+    from scalelab.train.store import config_differences
 
     new = OmegaConf.to_container(compose_config(["model=p15k"]), resolve=True)
     old = {**new, "model": {k: v for k, v in new["model"].items() if k != "parametrization"}}
@@ -172,7 +172,7 @@ def test_a_run_recorded_before_a_key_existed_is_still_the_same_run():
 
 
 def test_with_the_same_lr_law_the_lr_it_gave_is_not_a_difference():
-    from scalelab.train.rundir import config_differences
+    from scalelab.train.store import config_differences
 
     def cfg(lr, law):
         return {"optimizer": {"lr": lr, "lr_law": law}, "train": {"seed": 0}}

@@ -10,7 +10,7 @@ import pytest
 from scalelab.config import ConfigError
 from scalelab.lr_law_file import LrLaw, write_law
 from scalelab.train.build import build_run
-from scalelab.train.summary import base_summary
+from scalelab.train.session import base_summary
 from tests.helpers import TINY, compose_config
 
 

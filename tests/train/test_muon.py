@@ -31,7 +31,7 @@ def train_losses(run_dir):
 
 
 def test_muon_trains(tmp_path):
-    fit(build_run(compose_config(TINY + ["data.tokens=6144", "optimizer=muon"]), tmp_path, jax.devices()[:1]), False)
+    fit(build_run(compose_config(TINY + ["data.tokens=6144", "optimizer=muon"]), tmp_path, jax.devices()[:1]))
     losses = train_losses(tmp_path)  # 24 steps
     assert len(losses) == 24 and losses[-3:].mean() < losses[0] - 1.5  # from ln(vocab) ~ 5.6 down
     assert read_summary(tmp_path)["config"]["optimizer"]["name"] == "muon"
@@ -88,7 +88,7 @@ def test_a_packed_muon_sweep_matches_each_run_alone_and_never_packs_with_adamw(t
     for lr in lrs:
         solo_dir = tmp_path / f"solo{lr}"
         solo = build_run(compose_config(PACKED + [f"optimizer.lr={lr}"]), solo_dir, jax.devices()[:1])
-        fit(solo, False)
+        fit(solo)
         packed_dir = tmp_path / "packed" / f"lr{lr}"
         np.testing.assert_allclose(train_losses(packed_dir), train_losses(solo_dir), rtol=1e-4)
         assert len(read_summary(packed_dir)["packed_with"]) == 2

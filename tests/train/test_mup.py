@@ -4,11 +4,11 @@ import jax
 import numpy as np
 import pytest
 
+from scalelab.bench.coord_check import Settings, coord_check, figure
 from scalelab.config import ConfigError, validate
 from scalelab.model.functional import ModelFns
 from scalelab.model.parametrization import group_of
 from scalelab.train.build import build_run
-from scalelab.train.coord_check import Settings, coord_check, figure
 from tests.helpers import TINY, compose_config
 from tests.train.test_mesh import SPEC, train_losses
 
@@ -106,12 +106,12 @@ def test_mup_members_of_a_packed_group_match_their_solo_runs(tmp_path):
     assert all(j.error is None for j in jobs), [j.error for j in jobs]
     losses = lambda d: np.array([r["train_loss"] for r in read_metrics(d)])  # noqa: E731
     for lr in lrs:
-        fit(build_run(compose_config(mup + [f"optimizer.lr={lr}"]), tmp_path / f"solo{lr}", jax.devices()[:1]), False)
+        fit(build_run(compose_config(mup + [f"optimizer.lr={lr}"]), tmp_path / f"solo{lr}", jax.devices()[:1]))
         np.testing.assert_allclose(losses(tmp_path / "packed" / f"lr{lr}"), losses(tmp_path / f"solo{lr}"), rtol=1e-4)
 
 
 def test_mup_models_are_refused_by_the_hugging_face_export():
-    from scalelab.model.hf import HFConfigError, hf_config
+    from scalelab.interop.hf.convert import HFConfigError, hf_config
 
     with pytest.raises(HFConfigError, match="model.parametrization"):
         hf_config(MUP_SPEC)

@@ -38,7 +38,7 @@ def test_each_member_matches_its_solo_run_on_one_device(tmp_path):
     assert all(j.error is None for j in jobs), [j.error for j in jobs]
     for lr in (3e-3, 1e-2, 3e-2):
         solo_dir = tmp_path / f"solo{lr}"
-        fit(build_run(compose_config(PACKED + [f"optimizer.lr={lr}"]), solo_dir, jax.devices()[:1]), False)
+        fit(build_run(compose_config(PACKED + [f"optimizer.lr={lr}"]), solo_dir, jax.devices()[:1]))
         packed_dir = tmp_path / "packed" / f"lr{lr}"
         np.testing.assert_allclose(train_losses(packed_dir), train_losses(solo_dir), rtol=1e-4)
         summary, solo = read_summary(packed_dir), read_summary(solo_dir)

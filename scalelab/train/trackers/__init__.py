@@ -15,6 +15,7 @@ TensorBoard gets every row: its reader discards the steps an event file logged p
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -54,7 +55,14 @@ KINDS = {
 
 def selected(logger_cfg) -> list[str]:
     """The trackers `logger=[...]` turned on (metrics.jsonl is not one: it is always written)."""
-    return [name for name in KINDS if logger_cfg[name].enabled]
+    return [name for name in KINDS if getattr(logger_cfg, name).enabled]
+
+
+def options_of(tracker_cfg) -> dict:
+    """A tracker's options as a plain dict (from its typed config group)."""
+    if dataclasses.is_dataclass(tracker_cfg):
+        return dataclasses.asdict(tracker_cfg)
+    return dict(tracker_cfg)
 
 
 def check(logger_cfg) -> None:
@@ -119,7 +127,7 @@ class Trackers:
         earlier = read_ids(run_dir)
         self.open: list[tuple[str, Tracker, int]] = []
         for name in selected(logger_cfg):
-            tracker = create(name, dict(logger_cfg[name]))
+            tracker = create(name, options_of(getattr(logger_cfg, name)))
             tracker.start(run_dir.name, config, run_dir)
             # rows up to `skip` are in this tracker's run already (logged by an earlier attempt)
             skip = logged if tracker.keeps_history and name in earlier else 0

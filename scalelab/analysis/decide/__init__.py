@@ -1,0 +1,1 @@
+"""Decisions from fitted laws: compare two studies (compute multipliers), suggest the next runs."""

@@ -1,0 +1,171 @@
+"""Compare two sweeps fitted the same way: exponent differences and effective compute multipliers.
+
+The effective compute multiplier of B over A at budget C is the factor m such
+that A needs m*C FLOPs to reach the loss B reaches at C, both read off each
+side's fitted compute-optimal loss frontier L(C) = E + A*C^-gamma. m > 1 means
+B is more compute-efficient; m is infinite when B's loss at C is below A's
+irreducible loss E.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scalelab.analysis.bootstrap import percentile_interval
+from scalelab.analysis.errors import AnalysisError
+from scalelab.analysis.fitting.approaches import fit, normalize_approach
+from scalelab.analysis.result import FitResult, json_safe
+from scalelab.analysis.runs.budgets import default_budgets, parse_budgets
+from scalelab.analysis.runs.inputs import load_inputs
+from scalelab.analysis.threads import blas_single_threaded
+
+EXPONENTS = ("a", "b")
+APPROACH3_EXPONENTS = ("alpha", "beta")
+
+
+def frontier_loss(frontier: dict, flops: float) -> float:
+    return frontier["E"] + frontier["A"] * flops ** (-frontier["gamma"])
+
+
+def compute_multiplier(frontier_a: dict | None, frontier_b: dict | None, flops: float) -> float:
+    """m with L_A(m*C) = L_B(C); inf when L_B(C) <= E_A, NaN without both frontiers."""
+    if not frontier_a or not frontier_b:
+        return math.nan
+    target = frontier_loss(frontier_b, flops)
+    gap = target - frontier_a["E"]
+    if not gap > 0:
+        return math.inf
+    needed = (frontier_a["A"] / gap) ** (1.0 / frontier_a["gamma"])
+    return needed / flops
+
+
+def _frontier_of(sample: dict) -> dict | None:
+    keys = ("frontier_E", "frontier_A", "frontier_gamma")
+    if not all(k in sample and np.isfinite(sample[k]) for k in keys):
+        return None
+    return {"E": sample["frontier_E"], "A": sample["frontier_A"], "gamma": sample["frontier_gamma"]}
+
+
+@dataclass
+class CompareResult:
+    """Fits of A and B, B - A exponent differences and B-over-A compute multipliers (with 95% CIs)."""
+
+    approach: str
+    fit_a: FitResult
+    fit_b: FitResult
+    names: tuple = ("A", "B")
+    differences: dict = field(default_factory=dict)
+    multipliers: list = field(default_factory=list)
+    trend: dict = field(default_factory=dict)   # the multiplier's slope in log C (see `multiplier_trend`)
+    converged: bool = True
+    message: str = ""
+    notes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return json_safe({
+            "approach": self.approach, "names": list(self.names), "converged": self.converged,
+            "message": self.message, "differences": self.differences, "multipliers": self.multipliers,
+            "trend": self.trend,
+            "notes": self.notes, "fit_a": self.fit_a.to_dict(), "fit_b": self.fit_b.to_dict(),
+        })
+
+
+@blas_single_threaded
+def compare(table_a, table_b, approach="3", budgets=None, bootstrap: int = 0, seed: int = 0,
+            names=None, **options) -> CompareResult:
+    """Fit A and B with the same method and compare them.
+
+    table_a/table_b: tables (path or DataFrame) or sweep directories. With
+    ``bootstrap`` > 0 each side is resampled independently and the differences
+    and multipliers get percentile 95% intervals.
+    """
+    approach = normalize_approach(approach)
+    (data_a, label_a), (data_b, label_b) = load_inputs(table_a), load_inputs(table_b)
+    names = tuple(names) if names else (label_a, label_b)
+    budgets = parse_budgets(budgets) or sorted(set(default_budgets(data_a)) | set(default_budgets(data_b)))
+    fit_a = fit(data_a, approach, bootstrap=bootstrap, budgets=budgets, seed=seed, **options)
+    fit_b = fit(data_b, approach, bootstrap=bootstrap, budgets=budgets, seed=seed + 1, **options)
+    return compare_fits(fit_a, fit_b, names, budgets)
+
+
+def compare_fits(fit_a: FitResult, fit_b: FitResult, names=("A", "B"), budgets=()) -> CompareResult:
+    """Compare two fits already made with the same approach (bootstrap samples give the intervals)."""
+    if fit_a.approach != fit_b.approach:
+        raise AnalysisError(f"cannot compare approach {fit_a.approach} with approach {fit_b.approach}")
+    approach = fit_a.approach
+    result = CompareResult(approach=approach, fit_a=fit_a, fit_b=fit_b, names=tuple(names))
+    if not (fit_a.converged and fit_b.converged):
+        result.converged = False
+        result.message = "; ".join(f"{n}: {f.message}" for n, f in zip(names, (fit_a, fit_b), strict=True) if not f.converged)
+        return result
+    pairs = list(zip(fit_a.samples, fit_b.samples, strict=False))   # failed resamples shorten a side
+    keys = EXPONENTS + (APPROACH3_EXPONENTS if approach == "3" else ())
+    for key in keys:
+        value_a, value_b = fit_a.summary()[key], fit_b.summary()[key]
+        entry = {names[0]: value_a, names[1]: value_b, "difference": value_b - value_a}
+        if pairs:
+            entry["ci"] = percentile_interval([sb[key] - sa[key] for sa, sb in pairs])
+            entry["ci_" + names[0]] = fit_a.ci.get(key)
+            entry["ci_" + names[1]] = fit_b.ci.get(key)
+        result.differences[key] = entry
+    if not (fit_a.frontier and fit_b.frontier):
+        result.notes.append("no compute multiplier: a side has no fitted loss frontier L(C)")
+    for c in budgets:
+        row = {"budget": float(c), f"loss_{names[0]}": float(fit_a.loss_opt(c)),
+               f"loss_{names[1]}": float(fit_b.loss_opt(c)),
+               "multiplier": compute_multiplier(fit_a.frontier, fit_b.frontier, c)}
+        if pairs:
+            values = [compute_multiplier(_frontier_of(sa), _frontier_of(sb), c) for sa, sb in pairs]
+            row["ci"] = _multiplier_interval(values)
+        result.multipliers.append(row)
+    result.trend = multiplier_trend(fit_a, fit_b, pairs, budgets)
+    if pairs:
+        result.notes.append(f"intervals from {len(pairs)} paired bootstrap resamples (A and B resampled "
+                            "independently); percentile 95%")
+    result.notes.append(f"multiplier m: {names[0]} needs m*C FLOPs to reach the loss {names[1]} reaches at C "
+                        f"(m > 1: {names[1]} is more compute-efficient)")
+    return result
+
+
+def _log_slope(budgets, multipliers) -> float:
+    m = np.asarray(multipliers, dtype=float)
+    if len(m) < 2 or not np.all(np.isfinite(m) & (m > 0)):
+        return math.nan
+    return float(np.polyfit(np.log10(budgets), np.log10(m), 1)[0])
+
+
+def multiplier_trend(fit_a: FitResult, fit_b: FitResult, pairs, budgets) -> dict:
+    """Does B's gain grow or shrink with scale: the slope s of log10 m against log10 C over the
+    budgets (m ~ C^s; 10^s per decade of compute), with a percentile interval over the paired
+    resamples whose multipliers are finite at every budget. Empty with fewer than 2 budgets."""
+    budgets = [float(c) for c in budgets]
+    if len(budgets) < 2 or not (fit_a.frontier and fit_b.frontier):
+        return {}
+    slope = _log_slope(budgets, [compute_multiplier(fit_a.frontier, fit_b.frontier, c) for c in budgets])
+    out = {"slope": slope, "per_decade": 10.0 ** slope if math.isfinite(slope) else math.nan,
+           "budgets": [min(budgets), max(budgets)]}
+    draws = [_log_slope(budgets, [compute_multiplier(_frontier_of(sa), _frontier_of(sb), c) for c in budgets])
+             for sa, sb in pairs]
+    draws = [d for d in draws if math.isfinite(d)]
+    if len(draws) >= 2:
+        out["ci"] = percentile_interval(draws)
+        out["resamples"] = len(draws)
+        low, high = out["ci"]
+        out["verdict"] = ("grows with compute" if low > 0 else "shrinks with compute" if high < 0
+                          else "no trend established (the interval contains 0)")
+    return out
+
+
+def _multiplier_interval(values):
+    """Percentile interval in log space; infinite draws count as +inf, NaN ones are dropped."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) < 2:
+        return (math.nan, math.nan)
+    with np.errstate(divide="ignore"):
+        logs = np.sort(np.log(values))
+    low, high = (logs[int(round(q * (len(logs) - 1)))] for q in (0.025, 0.975))
+    return (float(np.exp(low)), float(np.exp(high)))

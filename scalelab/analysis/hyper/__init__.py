@@ -1,0 +1,1 @@
+"""Hyperparameter laws: the learning-rate law fitted through per-cell lr sweeps."""

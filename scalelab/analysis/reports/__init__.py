@@ -1,0 +1,1 @@
+"""Reports: markdown tables, figures and report.md (the verdict first)."""

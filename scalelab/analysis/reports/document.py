@@ -1,0 +1,243 @@
+"""report.md: the verdict first, then conventions, runs, each approach, comparisons and figures."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+
+from scalelab.analysis.conventions import SAME_N_AND_C
+from scalelab.analysis.reports.tables import (
+    allocation_table,
+    exponent_ci,
+    holdout_table,
+    num,
+    parameters_table,
+    table,
+    with_ci,
+)
+from scalelab.analysis.result import APPROACH_NAMES, FitResult
+from scalelab.analysis.runs.table import INCLUDED_STATUS
+from scalelab.analysis.verdict import ALLOCATION_RANGE, COEFFICIENT_LIMIT, DETERMINED, MIN_FITTED_FRACTION
+
+ORDER = ("kaplan", "1", "2", "3")
+FIGURE_CAPTIONS = {
+    "loss_vs_compute": "Final loss of every run vs training compute, coloured by model size; circled runs "
+                       "form the frontier (lowest loss at that compute so far); lines are each approach's "
+                       "fitted compute-optimal loss L(C).",
+    "isoflop_profiles": "IsoFLOP profiles: loss vs model size at each compute budget, the parabola (in log N) "
+                        "fitted near each minimum, and its vertex (star).",
+    "optimal_allocation": "Compute-optimal parameters and tokens vs compute for each approach, with the points "
+                          "each fit used and bootstrap 95% bands.",
+    "approach3_residuals": "Relative residuals of the approach-3 law L(N, D) for every run.",
+    "training_curves": "Training loss along each run vs compute spent so far, coloured by model size, with "
+                       "approach 1's lower envelope.",
+    "comparison": "Comparison of the studies: runs and fitted loss frontiers (left, labelled with the compute "
+                  "multiplier), compute-optimal N and D (right).",
+}
+RULES = (f"A fit is *determined* when it converged, a and b lie in [{ALLOCATION_RANGE[0]}, "
+         f"{ALLOCATION_RANGE[1]}] (approach 3 also: alpha and beta in (0, 3), A and B at most "
+         f"{COEFFICIENT_LIMIT:.0e}, E above 0, an interior optimum; approach 2: at least 3 budgets with a "
+         f"bracketed minimum), at least {MIN_FITTED_FRACTION:.0%} of its bootstrap resamples fitted, each "
+         "estimate lies inside its own 95% interval, and the intervals on a and b lie within [0, 1]. "
+         "Two determined approaches *agree* on an exponent when "
+         "each one's estimate lies inside the other's interval.")
+
+
+def render(studies, figures, comparison_figures, result, bootstrap: int) -> str:
+    title = " vs ".join(s.label for s in studies)
+    out = [f"# Scaling-law report: {title}", ""]
+    out += _verdict_section(studies)
+    out += [f"Written by `scalelab.analysis` on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}. "
+            "It fits how loss scales with model size N, data D and compute C, and what split of a compute "
+            "budget between N and D minimises loss, with up to four methods: Kaplan et al. (2020) and the "
+            "three approaches of Hoffmann et al. (2022, 'Chinchilla'). Values in brackets are bootstrap BCa "
+            f"95% intervals from {bootstrap} resamples"
+            f"{'' if bootstrap else ' (none were requested, so no intervals are shown)'}.", ""]
+    out += _conventions_section(studies)
+    for study in studies:
+        out += [f"## Study: {study.label}" if len(studies) > 1 else "## Results", ""]
+        out += _study_section(study, figures.get(study.label, []))
+    if comparison_figures or result.comparisons:
+        out += _comparison_section(result.comparisons, comparison_figures)
+    out += ["## Figures not drawn", ""]
+    out += ([f"- `{name}`: {reason}" for name, reason in result.skipped.items()] if result.skipped
+            else ["All figures were drawn."])
+    out.append("")
+    return "\n".join(out)
+
+
+def _verdict_section(studies) -> list[str]:
+    lines = ["## Verdict", ""]
+    for study in studies:
+        if len(studies) > 1:
+            lines += [f"### {study.label}", ""]
+        lines += study.verdict.lines + [""]
+    return lines + [f"*{RULES}*", ""]
+
+
+def _conventions_section(studies) -> list[str]:
+    lines = ["## Conventions", ""]
+    base = next((f.conventions for s in studies for f in s.fits.values() if f.conventions), {})
+    lines += [f"- {base[key]}" for key in ("N", "D", "C", "loss") if key in base]
+    lines.append(f"- Same N and C throughout: {SAME_N_AND_C}.")
+    for study in studies:
+        for approach in ("2", "3"):
+            f = study.fits.get(approach)
+            if f is not None and "C(N, D)" in f.conventions:
+                lines.append(f"- Approach {approach} ({study.label}): {f.conventions['C(N, D)']}.")
+        f1 = study.fits.get("1")
+        if f1 is not None and "curves" in f1.conventions:
+            lines.append(f"- Approach 1 ({study.label}): {f1.conventions['curves']}.")
+    lines += ["- Compute-optimal exponents: N_opt = G*C^a, D_opt = H*C^b; tokens/param = D_opt/N_opt.", ""]
+    return lines
+
+
+def _runs_lines(study) -> list[str]:
+    included = study.run_counts.get(INCLUDED_STATUS, len(study.table))
+    rows = [[status, str(n), "included" if status == INCLUDED_STATUS else "excluded"]
+            for status, n in sorted(study.run_counts.items(), key=lambda item: item[0] != INCLUDED_STATUS)]
+    t = study.table
+    return ["### Runs", "", table(["status", "runs", "in the fits"], rows), "",
+            f"{included} runs are fitted: N from {num(t['params'].min())} to {num(t['params'].max())}, "
+            f"D from {num(t['tokens'].min())} to {num(t['tokens'].max())}, C from {num(t['flops'].min())} "
+            f"to {num(t['flops'].max())} FLOPs.", ""]
+
+
+def _summary_row(approach: str, f: FitResult) -> list[str]:
+    status = "determined" if f.status == DETERMINED else f"**NOT DETERMINED**: {f.reason or f.message}"
+    b = f.bootstrap
+    fitted = f"{b['succeeded']}/{b['requested']}" if b else "none"
+    held = f"{100 * f.holdout[0]['rel_error']:+.2f}%" if f.holdout else "n/a"
+    if not f.converged:
+        return [f.title, status, "n/a", "n/a", fitted, held]
+    return [f.title, status, exponent_ci(f.a, f.ci.get("a")), exponent_ci(f.b, f.ci.get("b")),
+            fitted, held]
+
+
+def _study_section(study, figures) -> list[str]:
+    lines = _runs_lines(study) + ["### Summary", ""]
+    fits = study.all_fits()
+    rows = [_summary_row(a, fits[a]) for a in ORDER if a in fits]
+    lines += [table(["approach", "status", "a (N_opt ~ C^a)", "b (D_opt ~ C^b)", "resamples fitted",
+                     "held-out error"], rows), ""]
+    for approach in ORDER:
+        if approach in study.fits:
+            lines += _approach_section(study, approach)
+    if figures:
+        lines += ["### Figures", ""]
+        for key, png in figures:
+            lines += [f"![{key}]({png})", "", f"*{FIGURE_CAPTIONS[key]}* (also `{png[:-4]}.svg`)", ""]
+    return lines
+
+
+def _law_choice_lines(f: FitResult) -> list[str]:
+    """How approach 3's law form was chosen (``law="auto"``): each candidate's AIC on the runs fitted."""
+    sel = f.details.get("law_selection")
+    if not sel:
+        return []
+    rows = [[name, "yes" if name == sel["chosen"] else "", str(c["free_parameters"]),
+             f"{100 * c['rms_log_residual']:.2f}%", f"{c['aic']:.1f}", f"{c['a']:.4f}"] if c["fitted"]
+            else [name, "", "", c["reason"], "", ""] for name, c in sel["candidates"].items()]
+    return [f"The law form was chosen by the data: {sel['rule']} ({sel['n_runs']} runs).", "",
+            table(["law", "chosen", "free parameters", "RMS log residual", "AIC", "a (point estimate)"], rows), ""]
+
+
+def _method_lines(f: FitResult) -> list[str]:
+    d = f.details
+    if f.approach == "3":
+        rule = d.get("huber_delta_rule", {}).get("rule")
+        if rule and "residual_sigma" in d["huber_delta_rule"]:
+            chosen = f" ({rule}; residual sigma {d['huber_delta_rule']['residual_sigma']:.3g})"
+        else:
+            chosen = f" ({rule})" if rule else " (the published value)"
+        return [f"Objective (sum of Huber losses, delta = {d['huber_delta']:.3g}{chosen}): {d['objective']:.6g}, the best "
+                f"of {d['n_starts']} L-BFGS starts; {d['n_reached_best']} starts reached it "
+                f"({d['best_tolerance']}). The allocation minimises L(N, D) under C = f(N)*D"
+                + (f"; under a constant C = k*N*D the same law would give a = {d['a_under_constant_k']:.4f}."
+                   if "a_under_constant_k" in d else " (numerically: this law has no closed form)."), ""]
+    if f.approach == "2":
+        lines = [f"Budgets from {d['budgets_from']}; {len(d['minima'])} used, {len(d['dropped_budgets'])} "
+                 f"dropped; parabola fitted to the {d['window']} sizes nearest each budget's minimum.", ""]
+        rows = [[num(m["budget"]), str(m["n_sizes"]), num(m["N_fit_low"]) + " - " + num(m["N_fit_high"]),
+                 num(m["N_opt"]), num(m["D_opt"]), f"{m['loss_opt']:.4f}"] for m in d["minima"]]
+        lines += [table(["budget", "sizes", "parabola over N", "N_opt", "D_opt", "loss at minimum"], rows), ""]
+        lines += [f"- dropped budget {num(x['budget'])}: {x['reason']}" for x in d["dropped_budgets"]]
+        return lines + ([""] if d["dropped_budgets"] else [])
+    if f.approach == "kaplan":
+        points = ", ".join(f"{law}: {n} points" for law, n in d["points"].items())
+        return [f"Each law is fitted on its lower envelope ({points}). The exponents a and b above are "
+                "power laws of N and D through the runs on the loss-vs-FLOPs frontier; Kaplan's own "
+                f"derivation from the fitted laws gives a = alpha_C/alpha_N = {d['a_from_alphas']:.4f} and "
+                f"b = alpha_C/alpha_D = {d['b_from_alphas']:.4f}.", ""]
+    return []
+
+
+def _holdout_lines(study, approach: str, f: FitResult) -> list[str]:
+    held = study.holdout.get(approach)
+    if isinstance(held, str):
+        return [f"Held-out prediction not possible: {held}", ""]
+    if not f.holdout:
+        return []
+    info = f.details.get("holdout_fit", {})
+    repeats = int(info.get("n_repeats") or 1)
+    best = "its best run" if repeats == 1 else f"its best point (the mean of its {repeats} seeds)"
+    what = (f"without the largest budget (C = {num(info.get('budget'))}, {info.get('n_held_out')} runs), "
+            f"predicting {best}" if info.get("kind") == "largest budget"
+            else f"without the {info.get('n_held_out')} largest-compute runs, predicting them")
+    how = " with L(N, D)" if approach == "3" else " with the frontier L(C), the best loss reachable at that C"
+    status = info.get("status", "")
+    return [f"Held-out prediction: fitted {what}{how} (that fit: {status or 'n/a'}"
+            + (f": {info['reason']}" if info.get("reason") else "") + "):", "", holdout_table(f), ""]
+
+
+def _approach_section(study, approach: str) -> list[str]:
+    f = study.fits[approach]
+    lines = [f"### {f.title}", ""]
+    if not f.converged:
+        return lines + [f"**The fit did not converge**: {f.message}. No numbers are reported.", ""]
+    if f.status != DETERMINED:
+        lines += [f"**NOT DETERMINED**: {f.reason}. The numbers below are diagnostics, not results.", ""]
+    lines += _law_choice_lines(f) + [parameters_table(f), ""] + _method_lines(f)
+    lines += ["Compute-optimal allocation:", "", allocation_table(f), ""]
+    lines += _holdout_lines(study, approach, f)
+    if f.bootstrap:
+        b = f.bootstrap
+        methods = ", ".join(f"{k}: {m}" for k, m in b.get("interval_method", {}).get("a_b", {}).items())
+        lines += [f"Bootstrap: {b['succeeded']} of {b['requested']} resamples fitted, {b['failed']} failed"
+                  + (f" ({'; '.join(f'{n}x {r}' for r, n in b['failure_reasons'].items())})" if b["failed"] else "")
+                  + f". Resampling: {b['method']}. Intervals: {methods or 'none'}.", ""]
+    notes = [w for w in f.warnings if "bootstrap:" not in w]
+    if notes:
+        lines += ["Notes:", ""] + [f"- {w}" for w in dict.fromkeys(notes)] + [""]
+    return lines
+
+
+def trend_lines(trend: dict, b: str) -> list[str]:
+    """The multiplier's fitted trend across the budgets, one line (none without one)."""
+    if not trend or not math.isfinite(trend.get("slope", math.nan)):
+        return []
+    ci = "" if "ci" not in trend else f" [{trend['ci'][0]:.3f}, {trend['ci'][1]:.3f}]"
+    verdict = f": {trend['verdict']}" if "verdict" in trend else ""
+    return [f"- trend: the multiplier of {b} goes as C^s from {num(trend['budgets'][0])} to "
+            f"{num(trend['budgets'][1])} FLOPs, s = {trend['slope']:.3f}{ci} (x{trend['per_decade']:.2f} per decade "
+            f"of compute){verdict}"]
+
+
+def _comparison_section(comparisons, comparison_figures) -> list[str]:
+    lines = ["## Comparison", ""]
+    for cmp in comparisons:
+        a, b = cmp.names
+        lines += [f"### {b} vs {a} ({APPROACH_NAMES[cmp.approach]})", ""]
+        if not cmp.converged:
+            lines += [f"Not compared: {cmp.message}", ""]
+            continue
+        rows = [[key, exponent_ci(e[a], e.get("ci_" + a)), exponent_ci(e[b], e.get("ci_" + b)),
+                 exponent_ci(e["difference"], e.get("ci"))] for key, e in cmp.differences.items()]
+        lines += [table(["exponent", a, b, f"{b} - {a}"], rows), ""]
+        rows = [[num(r["budget"]), num(r[f"loss_{a}"], 4), num(r[f"loss_{b}"], 4),
+                 with_ci(r["multiplier"], r.get("ci"))] for r in cmp.multipliers]
+        lines += [table(["C (FLOPs)", f"loss {a}", f"loss {b}", f"compute multiplier of {b}"], rows), ""]
+        lines += trend_lines(cmp.trend, b) + [f"- {n}" for n in cmp.notes] + [""]
+    for _cmp, png in comparison_figures:
+        lines += [f"![comparison]({png})", "", f"*{FIGURE_CAPTIONS['comparison']}*", ""]
+    return lines
