@@ -53,7 +53,7 @@ class ModelConfig:
     init_std: float = 0.02
     vocab_multiple: int = 8  # pad the tokenizer's vocabulary up to a multiple of this
     param_dtype: str = "float32"
-    attention: str = "auto"  # auto | xla | cudnn | blockwise | splash: see scalelab/attention.py
+    attention: str = "auto"  # auto | xla | cudnn | blockwise | splash: see scalelab/model/attention.py
     lr: float = 3e-3  # the peak learning rate tuned for this size; optimizer.lr defaults to it
     # standard | mup (maximal update parametrization: init, multipliers and per-group Adam lr scale
     # with d_model / mup_base_width; scalelab/model/parametrization.py)
@@ -208,7 +208,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     init_from: str | None = None  # a checkpoint directory: start from its parameters (fine-tuning)
     # a WSD stable run's directory: start this run's cooldown from its checkpoint at the step where
-    # this run's decay begins (full state: parameters, optimizer, data position); see scalelab/wsd.py
+    # this run's decay begins (full state: parameters, optimizer, data position); see scalelab/sweep/wsd.py
     fork_from: str | None = None
     role: str = "run"  # run | wsd-stable (the shared stable phase of WSD branches; analysis skips it)
     budget: float | None = None  # nominal compute budget (FLOPs), set by the IsoFLOP sweeper

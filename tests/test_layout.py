@@ -139,3 +139,15 @@ def test_run_has_no_config_attribute():
     from scalelab.train.build import Run
 
     assert not {"cfg", "config_node"} & {f.name for f in fields(Run)}
+
+
+def test_comments_name_files_that_exist():
+    """A path `scalelab/....py` named in the package's text (comments, docstrings, messages) exists."""
+    import re
+
+    missing = []
+    for path in [*PACKAGE.rglob("*.py"), *PLUGINS.rglob("*.py")]:
+        for named in re.findall(r"scalelab/[\w/]+\.py", path.read_text()):
+            if not (PACKAGE.parent / named).exists():
+                missing.append(f"{path.relative_to(PACKAGE.parent)} names {named}")
+    assert not missing, "\n".join(missing)

@@ -47,11 +47,12 @@ def default_max_members(run) -> int:
     return max(1, min(64, int(available // 4 // (state + activations))))
 
 
-def spreads_members(cfg) -> bool:
-    """Whether a job's members go one whole run per device: on one process, with the default mesh
-    (no FSDP or tensor parallelism asked for), each device trains its own members."""
-    m = cfg.mesh
-    return jax.process_count() == 1 and m.fsdp == 1 and m.tensor == 1 and m.data in (-1, 1)
+def spreads_members(mesh) -> bool:
+    """Whether a job's members go one whole run per device: on one process, with the default `mesh`
+    group (no FSDP or tensor parallelism asked for; a config group or a run's recorded dict), each
+    device trains its own members."""
+    size = mesh.get if isinstance(mesh, dict) else lambda axis: getattr(mesh, axis)
+    return jax.process_count() == 1 and size("fsdp") == 1 and size("tensor") == 1 and size("data") in (-1, 1)
 
 
 def members_mesh():
@@ -92,7 +93,7 @@ def run_jobs(jobs: list[Job], max_members: int = 0, steps_per_call: int | None =
     for job in jobs:
         try:
             distributed.initialize(job.cfg.distributed)
-            devices = jax.local_devices()[:1] if spreads_members(job.cfg) else None
+            devices = jax.local_devices()[:1] if spreads_members(job.cfg.mesh) else None
             built[job.run_dir.name] = (job, _build(job, devices))
         except Exception as exc:  # noqa: BLE001 - a bad config fails its own job only
             job.error = exc
@@ -112,7 +113,7 @@ def run_jobs(jobs: list[Job], max_members: int = 0, steps_per_call: int | None =
             for group in groups:
                 if guard.requested:  # the groups not started yet stay as they are: a relaunch runs them
                     break
-                _train_group(group, built, guard, mesh if spreads_members(group[0].cfg) else None, steps_per_call)
+                _train_group(group, built, guard, mesh if spreads_members(group[0].config["mesh"]) else None, steps_per_call)
         if guard.requested:
             guard.hand_over()
     return jobs
@@ -143,7 +144,7 @@ def group_seconds(run) -> float:
 def assign_lanes(groups: list[list], devices: int) -> list[list[list]]:
     """Groups per device, longest first onto the least loaded device; one lane when groups are
     fewer than devices (their members are then spread over every device instead)."""
-    spreadable = [g for g in groups if spreads_members(g[0].cfg)]
+    spreadable = [g for g in groups if spreads_members(g[0].config["mesh"])]
     if devices < 2 or len(spreadable) < devices or len(spreadable) != len(groups):
         return [groups]
     cost = lambda g: sum(group_seconds(r) for r in g)
@@ -166,12 +167,12 @@ def _run_lane(lane: list[list], k: int, built: dict, guard, steps_per_call: int 
 
 
 def _train_group(group: list, built: dict, guard, member_mesh, steps_per_call: int | None = None) -> None:
-    log.info("packed group of %d run(s) of %s on %s", len(group), group[0].cfg.model.name,
+    log.info("packed group of %d run(s) of %s on %s", len(group), group[0].origin.model_name,
              "all devices" if member_mesh is not None else group[0].mesh.devices.flat[0])
     try:
         results = train_group_logged(group, member_mesh, guard, steps_per_call)
     except Exception as exc:  # noqa: BLE001 - the members' summaries say failed; other groups go on
-        log.error("packed group of %s failed: %s", group[0].cfg.model.name, exc)
+        log.error("packed group of %s failed: %s", group[0].origin.model_name, exc)
         results = {}
     for run in group:
         job = built[run.run_dir.name][0]

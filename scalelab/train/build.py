@@ -164,8 +164,9 @@ def _known(recorded, schema):
     if not isinstance(recorded, dict) or not isinstance(schema, DictConfig):
         return recorded
     open_group = OmegaConf.get_type(schema) is dict  # mesh.rules: any keys
+    keys = set(schema.keys())  # (`in` is False for a key whose value is ??? in the schema)
     return {k: v if open_group else _known(v, schema._get_node(k)) for k, v in recorded.items()
-            if open_group or k in schema}
+            if open_group or k in keys}
 
 
 def default_settings(overrides: list[str]) -> Config:

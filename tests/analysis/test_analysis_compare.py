@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from scalelab.analysis import compare
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.decide import compare
 from scalelab.analysis.decide.compare import compute_multiplier, multiplier_trend
 
 LAW_A = sy.ChinchillaLaw()

@@ -12,7 +12,7 @@ import pytest
 
 from scalelab.analysis import AnalysisError, fit
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.fitting.approach3 import HuberLogObjective
+from scalelab.analysis.fitting.approach3 import ChinchillaObjective
 
 LAW = sy.ChinchillaLaw()
 BAD_START = [0.0, 0.0, 1.0, 2.0, 2.0]   # a, b, e, alpha, beta: A = B = 1, E = e, steep exponents
@@ -101,7 +101,7 @@ def test_default_start_grid_is_the_published_one():
 
 
 def test_approach3_objective_is_sum_of_huber(grid_table):
-    objective = HuberLogObjective(grid_table["params"], grid_table["tokens"], grid_table["loss"], delta=1e-3)
+    objective = ChinchillaObjective(grid_table["params"], grid_table["tokens"], grid_table["loss"], delta=1e-3)
     theta = np.array([6.0, 6.0, 0.5, 0.34, 0.28])
     f, grad = objective(theta[None, :])
     pred = np.log(np.exp(6.0) / grid_table["params"] ** 0.34 + np.exp(6.0) / grid_table["tokens"] ** 0.28

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scalelab.analysis import report
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.reports import study as report
 from scalelab.analysis.result import FitResult
 from scalelab.cli import analyze as cli
 
@@ -164,7 +164,7 @@ def test_cli_bad_input_exit_code_and_message(tmp_path, capsys):
 
 
 def test_cli_reports_non_convergence_without_numbers(tmp_path, capsys, monkeypatch):
-    from scalelab.analysis import fitting as fit_module
+    from scalelab.analysis.fitting import approaches as fit_module
 
     def failing_fit(table, **kwargs):
         return FitResult(approach="3", converged=False, message="approach 3: L-BFGS-B did not converge (test)")

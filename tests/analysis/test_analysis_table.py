@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalelab.analysis import AnalysisError, AnalysisWarning, fit, load_table, write_table
+from scalelab.analysis import AnalysisError, AnalysisWarning, collect, fit, load_table, write_table
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.runs import collect
 
 
 def good_table(n=8):

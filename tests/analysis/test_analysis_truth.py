@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from scalelab.analysis import fit, read_verdict
+from scalelab.analysis import fit, read_verdict, report
 from scalelab.analysis import synthetic as sy
 from scalelab.analysis.bootstrap import bca_interval
 from scalelab.analysis.fitting.optimum import exact_optimum
-from scalelab.analysis.reports import study as report
 from scalelab.analysis.result import FitResult
 from scalelab.analysis.runs.flops_model import flops_per_token_model
 from scalelab.analysis.verdict import assess

@@ -8,8 +8,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from scalelab.analysis.reports import study as report
-from scalelab.analysis.runs import collect
+from scalelab.analysis import collect, report
 from scalelab.analysis.synthetic import ChinchillaLaw, ladder_isoflop_runs, write_run_dir, write_sweep
 from scalelab.cli import analyze as cli
 

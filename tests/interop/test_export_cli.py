@@ -46,6 +46,6 @@ def test_export_hf_of_a_run_loads_in_transformers_and_imports_back(tiny_run, tmp
     assert imported_tokenizer.to_dict() == tokenizer.to_dict()
     assert model_config["vocab_multiple"] == config.model.vocab_multiple and model_config["vocab"] == fns.spec.vocab
     for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "tied_embeddings", "rope_theta", "norm_eps"):
-        assert model_config[key] == config.model[key], key
+        assert model_config[key] == getattr(config.model, key), key
     assert np.array_equal(imported["embed"], np.asarray(params["embed"]))
     assert np.array_equal(imported["blocks"]["1"]["attn"]["wq"], np.asarray(params["blocks"]["1"]["attn"]["wq"]))

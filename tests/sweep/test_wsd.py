@@ -2,7 +2,7 @@
 
 import pytest
 
-from scalelab.analysis.runs import collect
+from scalelab.analysis import collect
 from scalelab.cli import main as cli
 from scalelab.sweep import wsd
 from scalelab.train.run import run

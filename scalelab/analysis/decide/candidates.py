@@ -19,7 +19,7 @@ from scalelab import ledger
 from scalelab.analysis.errors import AnalysisError
 
 DEFAULT_TOKENS_PER_PARAM = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
-PACKAGE_MODELS = Path(__file__).resolve().parent.parent / "configs" / "model"
+PACKAGE_MODELS = Path(__file__).resolve().parents[2] / "configs" / "model"
 
 
 @dataclass(frozen=True)
