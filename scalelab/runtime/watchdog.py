@@ -10,7 +10,11 @@ time since the last report; once it exceeds what the current phase is allowed, i
   2. calls the run's `on_stall` with a message naming the phase and the step (process 0 writes
      `status: failed` with that `error` into summary.json),
   3. ends the process with EXIT_STALLED. The stuck thread sits in native code that no Python
-     exception reaches; `os._exit` is the only way out that a scheduler sees at once.
+     exception reaches; `os._exit` is the only way out that a scheduler sees at once. In a
+     multi-process run, process 0 (which hosts JAX's coordination service) waits `LEADER_GRACE`
+     seconds at most first: when it went first, its peers' coordination clients saw the service
+     vanish and aborted (SIGABRT; 1 of 6 tries of the two-process test) before their own watchdogs
+     ended them with reason (8 of 8 tries end both with the reason since).
 
 What a phase is allowed (`train.stall_timeout`):
   * a number of seconds: that, for every phase once the first train step has completed (start-up,
@@ -45,6 +49,7 @@ FLOOR = 300.0  # seconds: the least any measured phase is allowed
 FACTOR = 20.0  # times the longest gap seen in that phase
 FIRST = 1800.0  # seconds before anything was measured (start-up, restore, the first compilation)
 POLL = 1.0  # seconds between the thread's checks (at most a tenth of a fixed timeout)
+LEADER_GRACE = 30.0  # seconds process 0 leaves its peers to end first (at most the allowed time)
 
 
 class _Off:
@@ -71,14 +76,16 @@ def allowed(timeout: float | None, longest: float | None, slowest: float | None 
 class Watchdog:
     """One per process of a run; `with Watchdog(...) as dog:` starts and stops its thread."""
 
-    def __init__(self, timeout: float | None, log_paths, on_stall: Callable[[str], None], process: int = 0):
-        """`log_paths`: the train.log (or, for a packed group, every member's) that gets the stacks."""
+    def __init__(self, timeout: float | None, log_paths, on_stall: Callable[[str], None], process: int = 0,
+                 processes: int = 1):
+        """`log_paths`: the train.log (or, for a packed group, every member's) that gets the stacks;
+        `process` of `processes`: this process's index and the run's process count."""
         self.timeout = timeout
         self.enabled = timeout is None or timeout > 0
         paths = [] if log_paths is None else [log_paths] if isinstance(log_paths, str | Path) else log_paths
         self.log_paths = [Path(p) for p in paths]
         self.on_stall = on_stall
-        self.process = process
+        self.process, self.processes = process, processes
         self._phase, self._step = "start", 0
         self._last = time.monotonic()
         self._longest: dict[str, float] = {}
@@ -140,6 +147,9 @@ class Watchdog:
             except Exception:  # noqa: BLE001
                 pass
         sys.stderr.flush()
+        if self.process == 0 and self.processes > 1:
+            # its peers wait in a collective and time out within about the same allowed time
+            time.sleep(min(limit, LEADER_GRACE))
         os._exit(EXIT_STALLED)
 
     def _dump_stacks(self, message: str) -> None:

@@ -501,7 +501,7 @@ def train_packed(runs: list[Run], member_mesh=None, guard: PreemptionGuard | Non
     real = [m for m in group.members if not m.ghost]
     dog = watchdog.Watchdog(group.leader.train.stall_timeout, [m.run.run_dir / TRAIN_LOG for m in real],
                             on_stall=lambda message: stalled_members(group, message),
-                            process=jax.process_index())
+                            process=jax.process_index(), processes=jax.process_count())
     loop = PackedLoop(group, peak, Layout(group.leader, member_mesh), steps_per_call, dog)
     for m in real:
         m.rec = Recorder(m.run, m.session.runlog, member_progress(m), m.eval_set, m.step, peak, dog)

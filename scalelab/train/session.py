@@ -162,7 +162,8 @@ class Session:
     def watchdog(self, on_stall=None) -> watchdog.Watchdog:
         """The run's watchdog (`train.stall_timeout`): a stall ends the run with `status: failed`."""
         return watchdog.Watchdog(self.run.train.stall_timeout, self.run.run_dir / TRAIN_LOG,
-                                 process=jax.process_index(), on_stall=on_stall or self.stalled)
+                                 process=jax.process_index(), processes=jax.process_count(),
+                                 on_stall=on_stall or self.stalled)
 
     def stalled(self, message: str) -> None:
         """The watchdog's record of a run that stopped making progress (its thread; the process ends next)."""
