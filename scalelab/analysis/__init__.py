@@ -18,12 +18,13 @@ The rooms follow the pipeline, each importing only those before it: the shared r
 (``errors``, ``conventions``, ``result``, ``bootstrap``, ``verdict``, ``threads``), ``runs/``
 (collect, the table, budgets, C(N, D)), ``fitting/`` (the approaches, Kaplan, law forms and law
 files, the one robust fitter, predictions), ``hyper/`` (the learning-rate law), ``decide/`` (compare,
-suggest), ``reports/`` (tables, figures, report.md). ``synthetic`` makes runs from known laws
+suggest, prediction rungs), ``reports/`` (tables, figures, report.md). ``synthetic`` makes runs from known laws
 (tests, demos). This module exports what the command line and notebooks call.
 """
 
-from scalelab.analysis.decide.candidates import overrides_text
+from scalelab.analysis.decide.candidates import overrides_text, resolve_sizes
 from scalelab.analysis.decide.compare import CompareResult, compare, compare_fits
+from scalelab.analysis.decide.rung import plan_rung, rung_overrides, verify_rung
 from scalelab.analysis.decide.suggest import suggest
 from scalelab.analysis.errors import AnalysisError, AnalysisWarning
 from scalelab.analysis.fitting.approaches import fit
@@ -45,5 +46,7 @@ from scalelab.analysis.verdict import Verdict, read_verdict
 __all__ = ["ALIASES", "AnalysisError", "AnalysisWarning", "CompareResult", "FitResult", "ReportResult", "Verdict",
            "best_over", "best_per_cell", "collect", "compare", "compare_fits", "exponent_ci", "fit", "fit_lr_law",
            "fit_text", "intervals_at", "json_safe", "law_text", "load_inputs", "load_table", "num",
-           "overrides_text", "prediction_note", "read_table", "read_verdict", "report", "save_figure",
-           "save_lr_law_figures", "styled", "suggest", "trend_lines", "validate_table", "with_ci", "write_table"]
+           "overrides_text", "plan_rung", "prediction_note", "read_table", "read_verdict", "report", "resolve_sizes",
+           "rung_overrides", "save_figure",
+           "save_lr_law_figures", "styled", "suggest", "trend_lines", "validate_table", "verify_rung", "with_ci",
+           "write_table"]

@@ -66,12 +66,15 @@ def _delta(text: str):
 
 
 def add_subparsers(subparsers) -> None:
-    """Register collect, fit, predict, suggest, compare, report and lr-law on ``subparsers``."""
+    """Register collect, fit, predict, suggest, compare, report, lr-law, rung and verify on ``subparsers``."""
+    from scalelab.cli import rung
+
     _add_collect(subparsers)
     _add_fit_and_compare(subparsers)
     _add_suggest(subparsers)
     _add_report(subparsers)
     _add_lr_law(subparsers)
+    rung.add_parsers(subparsers, _guarded)
 
 
 def _add_collect(subparsers) -> None:
