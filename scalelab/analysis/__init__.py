@@ -24,7 +24,7 @@ suggest, prediction rungs), ``reports/`` (tables, figures, report.md). ``synthet
 
 from scalelab.analysis.decide.candidates import overrides_text, resolve_sizes
 from scalelab.analysis.decide.compare import CompareResult, compare, compare_fits
-from scalelab.analysis.decide.rung import plan_rung, rung_overrides, verify_rung
+from scalelab.analysis.decide.rung import plan_rung, rival_predictions, rung_overrides, verify_rung
 from scalelab.analysis.decide.suggest import suggest
 from scalelab.analysis.errors import AnalysisError, AnalysisWarning
 from scalelab.analysis.fitting.approaches import fit
@@ -47,6 +47,7 @@ __all__ = ["ALIASES", "AnalysisError", "AnalysisWarning", "CompareResult", "FitR
            "best_over", "best_per_cell", "collect", "compare", "compare_fits", "exponent_ci", "fit", "fit_lr_law",
            "fit_text", "intervals_at", "json_safe", "law_text", "load_inputs", "load_table", "num",
            "overrides_text", "plan_rung", "prediction_note", "read_table", "read_verdict", "report", "resolve_sizes",
+           "rival_predictions",
            "rung_overrides", "save_figure",
            "save_lr_law_figures", "styled", "suggest", "trend_lines", "validate_table", "verify_rung", "with_ci",
            "write_table"]

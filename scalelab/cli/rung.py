@@ -46,7 +46,7 @@ def add_parsers(subparsers, guarded) -> None:
     p.set_defaults(func=guarded(run_verify))
 
 
-def read_fits(source: str, study: str | None = None) -> tuple[str, dict]:
+def read_fits(source: str, study: str | None = None) -> tuple[str, dict, Path]:
     from scalelab.analysis import AnalysisError
 
     path = Path(source)
@@ -62,7 +62,7 @@ def read_fits(source: str, study: str | None = None) -> tuple[str, dict]:
     name = study or next(iter(studies))
     if name not in studies:
         raise AnalysisError(f"{candidate}: no study {name!r} (it has {', '.join(studies)})")
-    return name, studies[name]
+    return name, studies[name], candidate
 
 
 def family_of(args) -> list[tuple]:
@@ -79,10 +79,14 @@ def family_of(args) -> list[tuple]:
 
 
 def run_rung(args) -> int:
-    from scalelab.analysis import json_safe, plan_rung, rung_overrides
+    from scalelab.analysis import json_safe, load_table, plan_rung, rival_predictions, rung_overrides
 
-    label, fits = read_fits(args.source, args.study)
+    label, fits, path = read_fits(args.source, args.study)
     plan = plan_rung(fits, args.budget, family_of(args), args.sizes, args.seeds)
+    runs = path.parent / "runs.csv"  # the report's runs: the rival forms are fitted to them
+    if runs.is_file():
+        delta = (plan["fit"].get("details") or {}).get("huber_delta")
+        plan["rival_forms"] = rival_predictions(load_table(runs), plan, delta=delta)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / PLAN).write_text(json.dumps(json_safe({"study": label, **plan}), indent=2) + "\n")
@@ -94,6 +98,15 @@ def run_rung(args) -> int:
         flag = "  (beyond the study's sizes)" if s["beyond_fitted_sizes"] else ""
         print(f"  {s['model'] or '-'}: N {s['params']:.3g}, D {s['tokens']:.3g}: {s['predicted']:.4f}{shown}{flag}")
     print(f"predicted best: {plan['predicted_best']}" + ("" if plan["brackets"] else " (the sizes do not bracket N_opt)"))
+    rivals = plan.get("rival_forms") or {}
+    for form, rival in rivals.items():
+        if form != "spread":
+            shown = ", ".join(f"{v:.4f}" for v in rival["predicted"]) if rival.get("fitted") else rival["reason"]
+            rms = f" (RMS log residual {rival['rms_log_residual']:.4f})" if rival.get("fitted") else ""
+            print(f"  form {form}{rms}: {shown}")
+    if "spread" in rivals:
+        print(f"the forms part by up to {100 * max(rivals['spread']):.1f}% at this rung: the chosen law's interval "
+              "carries its parameters' uncertainty, not the form's")
     if all(s["model"] for s in plan["sizes"]):
         overrides = rung_overrides(plan, out / "sweep")
         (out / OVERRIDES).write_text(" ".join(overrides) + "\n")

@@ -10,7 +10,13 @@ import pytest
 
 from scalelab.analysis import AnalysisError, fit
 from scalelab.analysis import synthetic as sy
-from scalelab.analysis.decide.rung import choose_sizes, plan_rung, rung_overrides, verify_rung
+from scalelab.analysis.decide.rung import (
+    choose_sizes,
+    plan_rung,
+    rival_predictions,
+    rung_overrides,
+    verify_rung,
+)
 from scalelab.cli.analyze import main
 
 LAW = sy.ChinchillaLaw()
@@ -96,3 +102,14 @@ def test_cli_rung_then_verify(tmp_path, capsys):
     assert main(["verify", str(out), "--runs", str(table)]) == 0
     verified = json.loads((out / "verify.json").read_text())
     assert len(verified["sizes"]) == 3 and "miss" in capsys.readouterr().out
+
+
+def test_rival_forms_predict_the_rung_and_say_how_far_they_part():
+    table = sy.ladder_isoflop_runs(LAW, BUDGETS, sizes=LADDER, tokens_per_param=(1, 1000), noise=0.005, seed=3)
+    plan = plan_rung(study(seed=3), RUNG, FAMILY)
+    rivals = rival_predictions(table, plan, forms=("chinchilla", "kaplan-e"))
+    assert rivals["chinchilla"]["fitted"] and rivals["kaplan-e"]["fitted"]
+    true = truth(plan)
+    # the form the data came from predicts the rung within 2%; the spread is reported per size
+    assert np.all(np.abs(np.array(rivals["chinchilla"]["predicted"]) / true - 1) < 0.02)
+    assert len(rivals["spread"]) == 3 and min(rivals["spread"]) >= 0

@@ -19,12 +19,17 @@ import numpy as np
 import pandas as pd
 
 from scalelab.analysis.errors import AnalysisError
+from scalelab.analysis.fitting.approaches import fit
 from scalelab.analysis.fitting.optimum import law_optimum
 from scalelab.analysis.fitting.predict import intervals_at, law_and_params
 from scalelab.analysis.runs.flops_model import FlopsPerToken
 from scalelab.analysis.runs.table import INCLUDED_STATUS
 
 DEFAULT_SIZES = 3
+# the forms a rung also predicts with (point predictions, fitted to the study's runs as its report was):
+# how far forms that fit the study about equally well part at the rung is the uncertainty of the
+# form, which the chosen law's interval does not carry
+RIVAL_FORMS = ("chinchilla", "kaplan", "kaplan-e")
 
 
 def study_fpt(fit: dict) -> FlopsPerToken:
@@ -84,6 +89,27 @@ def plan_rung(fits: dict, budget: float, family: list[tuple[str, float]], sizes:
             "brackets": bool(chosen[0][1] <= n_opt <= chosen[-1][1]), "sizes": predictions,
             "predicted_best": best["model"], "approach2_frontier_loss": frontier_loss(fits.get("2"), budget),
             "law": ((fit.get("details") or {}).get("law") or {}).get("name", "chinchilla"), "fit": fit}
+
+
+def rival_predictions(table: pd.DataFrame, plan: dict, forms=RIVAL_FORMS, delta=None) -> dict:
+    """{form: {rms log residual, each size's predicted loss}} of each form fitted to the study's runs
+    (the report's Huber delta when given); a form that does not fit says why."""
+    done = table[table["status"] == INCLUDED_STATUS] if "status" in table.columns else table
+    points = pd.DataFrame([{k: s[k] for k in ("params", "tokens", "flops")} for s in plan["sizes"]])
+    out = {}
+    for form in forms:
+        result = fit(done, "3", law=form, delta=delta if delta is not None else "auto")
+        if not result.converged:
+            out[form] = {"fitted": False, "reason": result.message}
+            continue
+        residuals = np.log(np.atleast_1d(result.predict_table(done))) - np.log(done["loss"].to_numpy(dtype=float))
+        out[form] = {"fitted": True, "rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
+                     "predicted": [float(v) for v in np.atleast_1d(result.predict_table(points))]}
+    fitted = [v["predicted"] for v in out.values() if v.get("fitted")]
+    if len(fitted) > 1:
+        spread = np.max(fitted, axis=0) / np.min(fitted, axis=0) - 1
+        out["spread"] = [float(v) for v in spread]  # per size: how far the forms part, relative
+    return out
 
 
 def frontier_loss(fit: dict | None, budget: float) -> float | None:
