@@ -135,4 +135,6 @@ def run_verify(args) -> int:
     verdict = "the predicted one" if result["best_is_predicted"] else (
         "its neighbour" if result["best_is_neighbour"] else "not where the law put it")
     print(f"best size: {result['measured_best']} ({verdict}); its miss {100 * result['best_error']:+.2f}%")
+    for form, misses in result["rival_forms"].items():
+        print(f"  form {form}: misses " + ", ".join(f"{100 * m:+.2f}%" for m in misses))
     return 0

@@ -20,6 +20,7 @@ import pandas as pd
 
 from scalelab.analysis.errors import AnalysisError
 from scalelab.analysis.fitting.approaches import fit
+from scalelab.analysis.fitting.law_files import law_from_dict
 from scalelab.analysis.fitting.optimum import law_optimum
 from scalelab.analysis.fitting.predict import intervals_at, law_and_params
 from scalelab.analysis.runs.flops_model import FlopsPerToken
@@ -104,7 +105,9 @@ def rival_predictions(table: pd.DataFrame, plan: dict, forms=RIVAL_FORMS, delta=
             continue
         residuals = np.log(np.atleast_1d(result.predict_table(done))) - np.log(done["loss"].to_numpy(dtype=float))
         out[form] = {"fitted": True, "rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
-                     "predicted": [float(v) for v in np.atleast_1d(result.predict_table(points))]}
+                     "predicted": [float(v) for v in np.atleast_1d(result.predict_table(points))],
+                     "law": result.details.get("law") or {"source": "built-in", "name": form},
+                     "params": dict(result.params)}
     fitted = [v["predicted"] for v in out.values() if v.get("fitted")]
     if len(fitted) > 1:
         spread = np.max(fitted, axis=0) / np.min(fitted, axis=0) - 1
@@ -150,15 +153,29 @@ def verify_rung(plan: dict, table: pd.DataFrame) -> dict:
         predicted = intervals_at(plan["fit"], point, repeats=int(size["seeds"]))[0]
         band = predicted.get("prediction_interval")
         rows.append({"model": size.get("model"), "params": float(size["params"]), "tokens": float(size["tokens"]),
+                     "flops": float(size["flops"]),
                      "seeds": int(size["seeds"]), "measured": float(size["loss"]),
                      "predicted": predicted["predicted"], "prediction_interval": band,
                      "error": float(size["loss"] / predicted["predicted"] - 1),
                      "inside": None if band is None else bool(band[0] <= size["loss"] <= band[1])})
+    rivals = rival_misses(plan.get("rival_forms") or {}, rows)
     best = min(rows, key=lambda r: r["measured"])
     by_model = [r["model"] for r in sorted(rows, key=lambda r: r["params"])]
     predicted_best = plan["predicted_best"]
     return {"budget": plan["budget"], "sizes": rows, "measured_best": best["model"],
             "predicted_best": predicted_best, "best_error": best["error"], "best_inside": best["inside"],
-            "best_is_predicted": best["model"] == predicted_best,
+            "best_is_predicted": best["model"] == predicted_best, "rival_forms": rivals,
             "best_is_neighbour": predicted_best in by_model and best["model"] in by_model
             and abs(by_model.index(best["model"]) - by_model.index(predicted_best)) <= 1}
+
+
+def rival_misses(rivals: dict, rows: list[dict]) -> dict:
+    """Each rival form's miss at each trained size (its own N and D), relative: measured / predicted - 1."""
+    out = {}
+    for form, rival in rivals.items():
+        if form == "spread" or not rival.get("fitted"):
+            continue
+        points = pd.DataFrame([{k: r[k] for k in ("params", "tokens", "flops")} for r in rows])
+        predicted = np.atleast_1d(law_from_dict(rival["law"]).predict(rival["params"], points))
+        out[form] = [float(r["measured"] / p - 1) for r, p in zip(rows, predicted, strict=True)]
+    return out
