@@ -3,14 +3,15 @@
 # budget 10x beyond its largest (1e13 FLOPs), the three sizes nearest the predicted optimum are
 # trained with the study's own config (both seeds, packed), and each size's measured mean loss is set
 # against its prediction. Run after the quickstart (scripts/quickstart.sh); about 12-15 minutes on a
-# 2-core CPU. QUICKSTART_DIR: the study's sweep directory; RUNG_BUDGET: the budget (default 1e13).
+# 2-core CPU. QUICKSTART_DIR: the study's sweep directory; RUNG_BUDGET: the budget (default 1e13);
+# RUNG_SEEDS: the runs per size the predictions are the mean of (default 2, the study's seeds).
 # Extra arguments are Hydra overrides of the rung's sweep.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${QUICKSTART_DIR:-sweeps/quickstart}
 rung=$out/rung
 .venv/bin/scalelab analyze rung "$out/report" --budget "${RUNG_BUDGET:-1e13}" --config-dir experiments/quickstart \
-    --seeds 2 -o "$rung"
+    --seeds "${RUNG_SEEDS:-2}" -o "$rung"
 # shellcheck disable=SC2046  # the overrides file holds one override per word
 SCALELAB_HOST_DEVICES=${SCALELAB_HOST_DEVICES:-$(nproc)} .venv/bin/scalelab-train \
     --config-dir experiments/quickstart --config-name study -m $(cat "$rung/overrides.txt") "$@"

@@ -33,6 +33,10 @@ def add_parsers(subparsers, guarded) -> None:
                         "default: every model of --config-dir")
     p.add_argument("--config-dir", default=None, metavar="DIR", help="the study's config directory (DIR/model/*.yaml)")
     p.add_argument("--study", default=None, metavar="NAME", help="which study of a fits.json holding several")
+    p.add_argument("--bootstrap", type=int, default=50, metavar="B",
+                   help="resamples of each rival form's fit (chinchilla, kaplan, kaplan-e, fitted to the report's "
+                        "runs.csv): the form-aware interval spans those of the forms within 10 of the best AIC "
+                        "(default 50; 0: point predictions only)")
     common.add_out(p, "the rung's plan (rung.json, overrides.txt) and, by default, its sweep (DIR/sweep)")
     p.set_defaults(func=guarded(run_rung))
 
@@ -86,7 +90,7 @@ def run_rung(args) -> int:
     runs = path.parent / "runs.csv"  # the report's runs: the rival forms are fitted to them
     if runs.is_file():
         delta = (plan["fit"].get("details") or {}).get("huber_delta")
-        plan["rival_forms"] = rival_predictions(load_table(runs), plan, delta=delta)
+        plan["rival_forms"] = rival_predictions(load_table(runs), plan, delta=delta, bootstrap=args.bootstrap)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / PLAN).write_text(json.dumps(json_safe({"study": label, **plan}), indent=2) + "\n")
@@ -100,13 +104,16 @@ def run_rung(args) -> int:
     print(f"predicted best: {plan['predicted_best']}" + ("" if plan["brackets"] else " (the sizes do not bracket N_opt)"))
     rivals = plan.get("rival_forms") or {}
     for form, rival in rivals.items():
-        if form != "spread":
+        if isinstance(rival, dict):
             shown = ", ".join(f"{v:.4f}" for v in rival["predicted"]) if rival.get("fitted") else rival["reason"]
             rms = f" (RMS log residual {rival['rms_log_residual']:.4f})" if rival.get("fitted") else ""
             print(f"  form {form}{rms}: {shown}")
     if "spread" in rivals:
         print(f"the forms part by up to {100 * max(rivals['spread']):.1f}% at this rung: the chosen law's interval "
               "carries its parameters' uncertainty, not the form's")
+    if "form_interval" in rivals:
+        spans = ", ".join(f"{s['model'] or '-'} [{b[0]:.4f}, {b[1]:.4f}]" for s, b in zip(plan["sizes"], rivals["form_interval"]))
+        print(f"form-aware 95% intervals (the forms within 10 AIC of the best: {', '.join(rivals['supported'])}): {spans}")
     if all(s["model"] for s in plan["sizes"]):
         overrides = rung_overrides(plan, out / "sweep")
         (out / OVERRIDES).write_text(" ".join(overrides) + "\n")
@@ -130,6 +137,9 @@ def run_verify(args) -> int:
     for s in result["sizes"]:
         band = s["prediction_interval"]
         where = "" if band is None else f" [{band[0]:.4f}, {band[1]:.4f}] {'inside' if s['inside'] else 'OUTSIDE'}"
+        form = s.get("form_interval")
+        if form:
+            where += f"; form-aware [{form[0]:.4f}, {form[1]:.4f}] {'inside' if s['inside_form_interval'] else 'OUTSIDE'}"
         print(f"  {s['model'] or '-'}: measured {s['measured']:.4f} ({s['seeds']} seed(s)), predicted "
               f"{s['predicted']:.4f}{where}, miss {100 * s['error']:+.2f}%")
     verdict = "the predicted one" if result["best_is_predicted"] else (

@@ -70,6 +70,19 @@ def test_reduced_quickstart_study_end_to_end(tmp_path):
     assert "already completed" in again.stdout + again.stderr
     assert {p: p.stat().st_mtime_ns for p in summaries} == stamps
 
+    # a prediction rung at 2x the largest budget: planned from the report, trained, verified
+    env = dict(os.environ, QUICKSTART_DIR=str(out), RUNG_BUDGET="6e10", RUNG_SEEDS="1", SCALELAB_HOST_DEVICES="2")
+    env.pop("XLA_FLAGS", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    rung = subprocess.run(["bash", "experiments/quickstart/rung.sh", *REDUCED[2:]], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert rung.returncode == 0, rung.stdout[-3000:] + rung.stderr[-3000:]
+    verified = json.loads((out / "rung" / "verify.json").read_text())
+    planned = json.loads((out / "rung" / "rung.json").read_text())
+    assert [s["model"] for s in verified["sizes"]] == [s["model"] for s in planned["sizes"]]
+    assert all(s["seeds"] == 1 and abs(s["error"]) < 0.2 for s in verified["sizes"]), verified["sizes"]
+    assert "best size:" in rung.stdout
+
     noise = runs.assign(loss=runs["loss"].mean() * np.exp(np.random.default_rng(0).normal(0.0, 0.02, len(runs))))
     result = report([noise], tmp_path / "noise", approaches=("2", "3"), bootstrap=10, n_starts=100,
                     bootstrap_starts=4)

@@ -31,6 +31,9 @@ DEFAULT_SIZES = 3
 # how far forms that fit the study about equally well part at the rung is the uncertainty of the
 # form, which the chosen law's interval does not carry
 RIVAL_FORMS = ("chinchilla", "kaplan", "kaplan-e")
+# forms whose AIC is within this of the best are ones the study cannot tell apart (Burnham and Anderson's
+# rule of thumb: beyond 10, a model has essentially no support); the form-aware interval spans theirs
+SUPPORT_AIC = 10.0
 
 
 def study_fpt(fit: dict) -> FlopsPerToken:
@@ -92,27 +95,46 @@ def plan_rung(fits: dict, budget: float, family: list[tuple[str, float]], sizes:
             "law": ((fit.get("details") or {}).get("law") or {}).get("name", "chinchilla"), "fit": fit}
 
 
-def rival_predictions(table: pd.DataFrame, plan: dict, forms=RIVAL_FORMS, delta=None) -> dict:
-    """{form: {rms log residual, each size's predicted loss}} of each form fitted to the study's runs
-    (the report's Huber delta when given); a form that does not fit says why."""
+def rival_predictions(table: pd.DataFrame, plan: dict, forms=RIVAL_FORMS, delta=None, bootstrap: int = 0,
+                      seed: int = 0) -> dict:
+    """{form: its fit's RMS log residual, AIC and each size's prediction (with `bootstrap`, its 95%
+    prediction interval of the mean of the plan's seeds)} for each form fitted to the study's runs (the
+    report's Huber delta when given). `supported`: the forms within SUPPORT_AIC of the best AIC;
+    `form_interval`: per size, the span of their intervals; `spread`: how far their predictions part."""
     done = table[table["status"] == INCLUDED_STATUS] if "status" in table.columns else table
     points = pd.DataFrame([{k: s[k] for k in ("params", "tokens", "flops")} for s in plan["sizes"]])
     out = {}
     for form in forms:
-        result = fit(done, "3", law=form, delta=delta if delta is not None else "auto")
-        if not result.converged:
-            out[form] = {"fitted": False, "reason": result.message}
-            continue
-        residuals = np.log(np.atleast_1d(result.predict_table(done))) - np.log(done["loss"].to_numpy(dtype=float))
-        out[form] = {"fitted": True, "rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
-                     "predicted": [float(v) for v in np.atleast_1d(result.predict_table(points))],
-                     "law": result.details.get("law") or {"source": "built-in", "name": form},
-                     "params": dict(result.params)}
-    fitted = [v["predicted"] for v in out.values() if v.get("fitted")]
+        result = fit(done, "3", law=form, delta=delta if delta is not None else "auto", bootstrap=bootstrap,
+                     seed=seed)
+        out[form] = rival_entry(result, form, done, points, plan["seeds"]) if result.converged else {
+            "fitted": False, "reason": result.message}
+    fitted = {k: v for k, v in out.items() if v.get("fitted")}
+    if fitted:
+        best = min(v["aic"] for v in fitted.values())
+        out["supported"] = [k for k, v in fitted.items() if v["aic"] - best <= SUPPORT_AIC]
+        bands = [fitted[k].get("prediction_interval") for k in out["supported"]]
+        if all(bands):
+            out["form_interval"] = [[min(b[j][0] for b in bands), max(b[j][1] for b in bands)]
+                                    for j in range(len(points))]
     if len(fitted) > 1:
-        spread = np.max(fitted, axis=0) / np.min(fitted, axis=0) - 1
-        out["spread"] = [float(v) for v in spread]  # per size: how far the forms part, relative
+        predicted = [v["predicted"] for v in fitted.values()]
+        out["spread"] = [float(v) for v in np.max(predicted, axis=0) / np.min(predicted, axis=0) - 1]
     return out
+
+
+def rival_entry(result, form: str, done: pd.DataFrame, points: pd.DataFrame, seeds: int) -> dict:
+    residuals = np.log(np.atleast_1d(result.predict_table(done))) - np.log(done["loss"].to_numpy(dtype=float))
+    free = len(result.details.get("theta") or result.params)
+    entry = {"fitted": True, "rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
+             "aic": float(len(residuals) * np.log(np.mean(residuals ** 2)) + 2 * free),
+             "predicted": [float(v) for v in np.atleast_1d(result.predict_table(points))],
+             "law": result.details.get("law") or {"source": "built-in", "name": form}, "params": dict(result.params)}
+    if result.bootstrap:
+        rows = intervals_at(result.to_dict(), points, repeats=seeds)
+        if all("prediction_interval" in r for r in rows):
+            entry["prediction_interval"] = [r["prediction_interval"] for r in rows]
+    return entry
 
 
 def frontier_loss(fit: dict | None, budget: float) -> float | None:
@@ -159,6 +181,12 @@ def verify_rung(plan: dict, table: pd.DataFrame) -> dict:
                      "error": float(size["loss"] / predicted["predicted"] - 1),
                      "inside": None if band is None else bool(band[0] <= size["loss"] <= band[1])})
     rivals = rival_misses(plan.get("rival_forms") or {}, rows)
+    bands = (plan.get("rival_forms") or {}).get("form_interval") or []
+    by_size = {round(s["params"]): band for s, band in zip(plan["sizes"], bands, strict=False)}
+    for row in rows:
+        band = by_size.get(round(row["params"]))
+        if band is not None:
+            row["form_interval"], row["inside_form_interval"] = band, bool(band[0] <= row["measured"] <= band[1])
     best = min(rows, key=lambda r: r["measured"])
     by_model = [r["model"] for r in sorted(rows, key=lambda r: r["params"])]
     predicted_best = plan["predicted_best"]
@@ -173,7 +201,7 @@ def rival_misses(rivals: dict, rows: list[dict]) -> dict:
     """Each rival form's miss at each trained size (its own N and D), relative: measured / predicted - 1."""
     out = {}
     for form, rival in rivals.items():
-        if form == "spread" or not rival.get("fitted"):
+        if not isinstance(rival, dict) or not rival.get("fitted"):
             continue
         points = pd.DataFrame([{k: r[k] for k in ("params", "tokens", "flops")} for r in rows])
         predicted = np.atleast_1d(law_from_dict(rival["law"]).predict(rival["params"], points))
