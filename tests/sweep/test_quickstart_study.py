@@ -71,7 +71,8 @@ def test_reduced_quickstart_study_end_to_end(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in summaries} == stamps
 
     # a prediction rung at 2x the largest budget: planned from the report, trained, verified
-    env = dict(os.environ, QUICKSTART_DIR=str(out), RUNG_BUDGET="6e10", RUNG_SEEDS="1", SCALELAB_HOST_DEVICES="2")
+    env = dict(os.environ, QUICKSTART_DIR=str(out), RUNG_BUDGET="6e10", RUNG_SEEDS="1", RUNG_BOOTSTRAP="10",
+               SCALELAB_HOST_DEVICES="2")
     env.pop("XLA_FLAGS", None)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     rung = subprocess.run(["bash", "experiments/quickstart/rung.sh", *REDUCED[2:]], cwd=REPO, env=env,
