@@ -104,12 +104,15 @@ class Session:
         is refused, every file of it left as it is."""
         self.lock.__enter__()
         try:
-            if self.mirror:
-                self.mirror.pull()
-            previous = previous_state(self.run.run_dir, self.run.config)
-        except BaseException:
+            return self._read()
+        except BaseException:  # nothing of this run was written: leave the directory as it is
             self.lock.__exit__(None, None, None)
             raise
+
+    def _read(self) -> bool:
+        if self.mirror:
+            self.mirror.pull()
+        previous = previous_state(self.run.run_dir, self.run.config)
         if previous == "completed":
             log.info("%s already completed with this config; nothing to do", self.mirror.url if self.mirror
                      else self.run.run_dir)
@@ -173,7 +176,7 @@ class Session:
             write_summary(self.run.run_dir, self.summary)
 
     def fail(self, exc: BaseException) -> None:
-        self.summary = self.summary or {"status": "failed"}
+        self.summary = self.summary or {"status": "failed", **self.recorded}
         self.summary.update(status="failed", error={"message": f"{type(exc).__name__}: {exc}",
                                                     "traceback": traceback.format_exc()})
         self.close()
