@@ -20,9 +20,9 @@ import pandas as pd
 
 from scalelab.analysis.errors import AnalysisError
 from scalelab.analysis.fitting.approaches import fit
-from scalelab.analysis.fitting.law_files import law_from_dict
+from scalelab.analysis.fitting.law_files import law_from_dict, resolve_law
 from scalelab.analysis.fitting.optimum import law_optimum
-from scalelab.analysis.fitting.predict import intervals_at, law_and_params
+from scalelab.analysis.fitting.predict import fit_quality, intervals_at, law_and_params
 from scalelab.analysis.runs.flops_model import FlopsPerToken
 from scalelab.analysis.runs.table import INCLUDED_STATUS
 
@@ -124,10 +124,7 @@ def rival_predictions(table: pd.DataFrame, plan: dict, forms=RIVAL_FORMS, delta=
 
 
 def rival_entry(result, form: str, done: pd.DataFrame, points: pd.DataFrame, seeds: int) -> dict:
-    residuals = np.log(np.atleast_1d(result.predict_table(done))) - np.log(done["loss"].to_numpy(dtype=float))
-    free = len(result.details.get("theta") or result.params)
-    entry = {"fitted": True, "rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
-             "aic": float(len(residuals) * np.log(np.mean(residuals ** 2)) + 2 * free),
+    entry = {"fitted": True, **fit_quality(result, done, len(resolve_law(form).parameters)),
              "predicted": [float(v) for v in np.atleast_1d(result.predict_table(points))],
              "law": result.details.get("law") or {"source": "built-in", "name": form}, "params": dict(result.params)}
     if result.bootstrap:

@@ -21,7 +21,7 @@ from scalelab.analysis.fitting.forms import BUILTIN, parse_fix, with_fixed
 from scalelab.analysis.fitting.kaplan import fit_kaplan
 from scalelab.analysis.fitting.law_files import resolve_law
 from scalelab.analysis.fitting.law_fit import bootstrap_law, fit_law
-from scalelab.analysis.fitting.predict import log_residuals, mark_intervals
+from scalelab.analysis.fitting.predict import fit_quality, log_residuals, mark_intervals
 from scalelab.analysis.result import FitResult
 from scalelab.analysis.runs.budgets import DEFAULT_TOLERANCE, assign_budgets, default_budgets, parse_budgets
 from scalelab.analysis.runs.flops_model import flops_per_token_model
@@ -347,11 +347,9 @@ def _score_law(name: str, table, train, seed: int, options: dict) -> dict:
             return {"fitted": False, "reason": str(exc)}
     if not result.converged:
         return {"fitted": False, "reason": result.message}
-    residuals = np.asarray(log_residuals(result, train), dtype=float)
     free = len(BUILTIN[name].parameters)
     return {"fitted": True, "free_parameters": free, "a": result.a, "b": result.b,
-            "rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
-            "aic": float(len(residuals) * np.log(np.mean(residuals ** 2)) + 2 * free)}
+            **fit_quality(result, train, free)}
 
 
 def _resolve_law(approach: str, options: dict) -> dict:

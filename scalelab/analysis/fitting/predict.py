@@ -90,6 +90,14 @@ def log_residuals(result, table) -> list[float]:
         return [float(v) for v in np.log(np.atleast_1d(result.predict_table(table))) - np.log(table["loss"])]
 
 
+def fit_quality(result, table, free: int) -> dict:
+    """RMS log residual and AIC (n log(mean squared log residual) + 2 x `free` parameters) of a fit on
+    the runs of `table`: what `law="auto"` and a rung's rival forms are compared by."""
+    residuals = np.asarray(log_residuals(result, table), dtype=float)
+    return {"rms_log_residual": float(np.sqrt(np.mean(residuals ** 2))),
+            "aic": float(len(residuals) * np.log(np.mean(residuals ** 2)) + 2 * free)}
+
+
 def mark_intervals(result, held, repeats: int = 1) -> None:
     """Add each held-out run's intervals, and whether its loss falls inside them, to ``result.holdout``
     (``repeats``: each held-out loss is the mean of that many runs)."""
