@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${QUICKSTART_DIR:-sweeps/quickstart}
-rung=$out/rung
+rung=${out}-rung  # beside the study, not in it: the study's report collects every run under its directory
 .venv/bin/scalelab analyze rung "$out/report" --budget "${RUNG_BUDGET:-1e13}" --config-dir experiments/quickstart \
     --seeds "${RUNG_SEEDS:-2}" --bootstrap "${RUNG_BOOTSTRAP:-50}" -o "$rung"
 # shellcheck disable=SC2046  # the overrides file holds one override per word

@@ -78,8 +78,10 @@ def test_reduced_quickstart_study_end_to_end(tmp_path):
     rung = subprocess.run(["bash", "experiments/quickstart/rung.sh", *REDUCED[2:]], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert rung.returncode == 0, rung.stdout[-3000:] + rung.stderr[-3000:]
-    verified = json.loads((out / "rung" / "verify.json").read_text())
-    planned = json.loads((out / "rung" / "rung.json").read_text())
+    rung_dir = tmp_path / "quickstart-rung"  # beside the study: its report must not collect the rung's runs
+    verified = json.loads((rung_dir / "verify.json").read_text())
+    planned = json.loads((rung_dir / "rung.json").read_text())
+    assert not list(out.glob("**/rung.json"))
     assert [s["model"] for s in verified["sizes"]] == [s["model"] for s in planned["sizes"]]
     assert all(s["seeds"] == 1 and abs(s["error"]) < 0.2 for s in verified["sizes"]), verified["sizes"]
     assert "best size:" in rung.stdout
