@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate at the end only
-    eval_tokens: int = 65536
+    eval_tokens: int = 65536  # spread evenly over the validation split (scalelab/data/pipeline.py: spread)
     precision: str = "fp32"  # fp32 | bf16 (bf16 compute, fp32 parameters and optimizer state)
     grad_accum: int = 0  # microbatches per step, accumulated inside the jitted step; 0: auto (step.auto_grad_accum)
     remat: str = "none"  # none | full | dots
@@ -100,6 +100,9 @@ class OptimizerConfig:
     # a law file (`scalelab analyze lr-law`): the peak lr from the run's N, D (and batch); replaces
     # model.lr, so it cannot be given with optimizer.lr (scalelab/lr_law_file.py)
     lr_law: str | None = None
+    # multiplies the peak lr (optimizer.lr or the law's): a learning-rate check at 0.5x and 2x without
+    # knowing the lr a run gets (`analyze rung` plans one)
+    lr_scale: float = 1.0
     weight_decay: float = 0.1
     clip: float = 1.0  # global-norm clip; 0 disables
     b1: float = 0.9
@@ -301,7 +304,7 @@ def validate(cfg: DictConfig) -> None:
         "model.vocab_multiple", "model.rope_theta", "model.init_std", "model.mup_base_width",
         "data.tokens", "data.seq_len", "data.prefetch",
         "train.batch_size", "train.log_every", "train.eval_tokens",
-        "optimizer.lr", "optimizer.muon_rms", "checkpoint.keep",
+        "optimizer.lr", "optimizer.lr_scale", "optimizer.muon_rms", "checkpoint.keep",
     ]
     for key in positive:
         value = _get(cfg, key)

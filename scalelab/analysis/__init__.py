@@ -22,6 +22,7 @@ suggest, prediction rungs), ``reports/`` (tables, figures, report.md). ``synthet
 (tests, demos). This module exports what the command line and notebooks call.
 """
 
+from scalelab.analysis.decide import rung
 from scalelab.analysis.decide.candidates import overrides_text, resolve_sizes
 from scalelab.analysis.decide.compare import CompareResult, compare, compare_fits
 from scalelab.analysis.decide.rung import plan_rung, rival_predictions, rung_overrides, verify_rung
@@ -48,6 +49,6 @@ __all__ = ["ALIASES", "AnalysisError", "AnalysisWarning", "CompareResult", "FitR
            "fit_text", "intervals_at", "json_safe", "law_text", "load_inputs", "load_table", "num",
            "overrides_text", "plan_rung", "prediction_note", "read_table", "read_verdict", "report", "resolve_sizes",
            "rival_predictions",
-           "rung_overrides", "save_figure",
+           "rung", "rung_overrides", "save_figure",
            "save_lr_law_figures", "styled", "suggest", "trend_lines", "validate_table", "verify_rung", "with_ci",
            "write_table"]

@@ -111,7 +111,7 @@ def _add_fit_and_compare(subparsers) -> None:
                    help="the law form (approach 3): chinchilla (default) E + A/N^alpha + B/D^beta; tied (one "
                         "exponent, in N and tokens per parameter M); kaplan [(Nc/N)^(alpha_N/alpha_D) + Dc/D]^alpha_D; "
                         "data-constrained (effective data after repeated epochs; needs a column unique_tokens or "
-                        "epochs); envelope Linf + A*C^-alpha; auto (the lower AIC of chinchilla and kaplan on the "
+                        "epochs); envelope Linf + A*C^-alpha; auto (the lowest AIC of chinchilla, kaplan and kaplan-e on the "
                         "runs fitted); or a law file (.yaml: expression, parameters with scale, bounds and grid)")
     p.add_argument("--fix", action="append", default=None, metavar="NAME=VALUE",
                    help="pin a parameter of the law (repeatable or comma-separated, e.g. --fix E=1.6)")
@@ -139,6 +139,9 @@ def _add_fit_and_compare(subparsers) -> None:
                                           "and the effective compute multiplier of B over A at chosen budgets.")
     p.add_argument("a", metavar="A", help="table or sweep directory (the baseline)")
     p.add_argument("b", metavar="B", help="table or sweep directory")
+    p.add_argument("--rungs", nargs=2, default=None, metavar=("A_RUNG", "B_RUNG"),
+                   help="each side's trained prediction rung (`analyze rung -o`, one budget): the multiplier claimed "
+                        "at the rung's budget against the one its measured losses give")
     _add_fit_options(p, default_bootstrap=0)
     common.add_json(p, "the comparison")
     p.set_defaults(func=run_compare)
@@ -200,9 +203,12 @@ def _add_report(subparsers) -> None:
                    help="FLOP budgets for the allocation tables (default: the data's budgets or a decade grid)")
     _add_search_options(p)
     p.add_argument("--law", default=None, metavar="NAME|FILE",
-                   help="approach 3's law form, as for `fit --law` (default chinchilla), or auto: the lower AIC of "
-                        "chinchilla and kaplan on the runs fitted (the held-out refit chooses again without them)")
+                   help="approach 3's law form, as for `fit --law` (default chinchilla), or auto: the lowest AIC of "
+                        "chinchilla, kaplan and kaplan-e on the runs fitted (the held-out refit chooses again without them)")
     p.add_argument("--pool", action="store_true", help="pool all inputs into one study instead of comparing them")
+    p.add_argument("--rung", default=None, metavar="RUNG_DIR",
+                   help="a trained prediction rung (`analyze rung -o RUNG_DIR`, then its sweep): a section, a figure "
+                        "and fits.json's `rung` rows setting its measured losses against the plan's predictions")
     _add_best_only(p)
     p.set_defaults(func=run_report)
 
@@ -422,7 +428,7 @@ def _print_suggestion(result, top: int) -> None:
 def run_compare(args) -> int:
     from scalelab.analysis import compare
     result = compare(args.a, args.b, approach=args.approach, budgets=args.budgets, bootstrap=args.bootstrap,
-                     seed=args.seed, **_fit_options(args))
+                     seed=args.seed, rungs=args.rungs, **_fit_options(args))
     common.write_json(result.to_dict(), args.json)
     if not result.converged:
         print(f"error: the fit did not converge: {result.message}", file=sys.stderr)
@@ -445,6 +451,13 @@ def _print_comparison(result) -> None:
         print(f"  C = {num(row['budget'])}: {with_ci(row['multiplier'], row.get('ci'))}")
     for line in trend_lines(result.trend, b):
         print(line[2:])
+    check = result.rung
+    if check:
+        where = ("" if check.get("inside") is None else
+                 f" ({'inside' if check['inside'] else 'OUTSIDE'} the claim's 95% interval)")
+        print(f"at the rung, C = {num(check['budget'])}: claimed {with_ci(check['claimed'], check.get('claimed_ci'))}, "
+              f"measured {with_ci(check['measured'], check.get('measured_ci'))}{where}; measured best losses "
+              f"{a} {check['measured_loss_' + a]:.4f}, {b} {check['measured_loss_' + b]:.4f}")
     for note in result.notes:
         print(f"note: {note}")
 
@@ -463,7 +476,7 @@ def run_report(args) -> int:
     result = report(inputs, args.out, approaches=approaches, bootstrap=args.bootstrap,
                     holdout_top=args.holdout_top, budgets=args.budgets, seed=args.seed, pool=args.pool,
                     n_starts=args.n_starts, bootstrap_starts=args.bootstrap_starts, delta=args.huber_delta,
-                    law=args.law)
+                    law=args.law, rung=args.rung)
     print(f"wrote {result.report}, fits.json, verdict.json, runs.csv and {len(result.figures)} figure files")
     for verdict in result.verdicts.values():
         print(f"verdict{'' if len(result.verdicts) == 1 else ' (' + verdict.study + ')'}:")

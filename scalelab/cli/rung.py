@@ -9,9 +9,6 @@ from pathlib import Path
 from scalelab.cli import common
 
 FITS = "fits.json"
-PLAN = "rung.json"
-OVERRIDES = "overrides.txt"
-VERIFIED = "verify.json"
 
 
 def add_parsers(subparsers, guarded) -> None:
@@ -83,68 +80,115 @@ def family_of(args) -> list[tuple]:
 
 
 def run_rung(args) -> int:
-    from scalelab.analysis import json_safe, load_table, plan_rung, rival_predictions, rung_overrides
+    from scalelab.analysis import AnalysisError, json_safe, load_table, plan_rung, rival_predictions, rung
 
     label, fits, path = read_fits(args.source, args.study)
-    plan = plan_rung(fits, args.budget, family_of(args), args.sizes, args.seeds)
-    runs = path.parent / "runs.csv"  # the report's runs: the rival forms are fitted to them
-    if runs.is_file():
-        delta = (plan["fit"].get("details") or {}).get("huber_delta")
-        plan["rival_forms"] = rival_predictions(load_table(runs), plan, delta=delta, bootstrap=args.bootstrap)
     out = Path(args.out)
+    runs = path.parent / "runs.csv"  # the report's runs: the rival forms are fitted to them
+    table = load_table(runs) if runs.is_file() else None
+    for sweep in sweeps_of(table):
+        if out.resolve().is_relative_to(sweep):
+            raise AnalysisError(f"-o {out} lies inside the study's sweep {sweep}: its report would collect the "
+                                f"rung's runs as its own; write the rung beside it (e.g. -o {sweep}-rung)")
+    plan = plan_rung(fits, args.budget, family_of(args), args.sizes, args.seeds)
+    if table is not None:
+        delta = (plan["fit"].get("details") or {}).get("huber_delta")
+        plan["rival_forms"] = rival_predictions(table, plan, delta=delta, bootstrap=args.bootstrap)
     out.mkdir(parents=True, exist_ok=True)
-    (out / PLAN).write_text(json.dumps(json_safe({"study": label, **plan}), indent=2) + "\n")
-    print(f"rung at C = {plan['budget']:.3g} FLOPs ({plan['ratio']:.3g}x the study's largest), law {plan['law']}: "
-          f"N_opt {plan['n_opt']:.3g}, D_opt {plan['d_opt']:.3g}, L_opt {plan['loss_opt']:.4f}")
-    for s in plan["sizes"]:
-        band = s.get("prediction_interval")
-        shown = f" [{band[0]:.4f}, {band[1]:.4f}]" if band else ""
-        flag = "  (beyond the study's sizes)" if s["beyond_fitted_sizes"] else ""
-        print(f"  {s['model'] or '-'}: N {s['params']:.3g}, D {s['tokens']:.3g}: {s['predicted']:.4f}{shown}{flag}")
-    print(f"predicted best: {plan['predicted_best']}" + ("" if plan["brackets"] else " (the sizes do not bracket N_opt)"))
-    rivals = plan.get("rival_forms") or {}
-    for form, rival in rivals.items():
-        if isinstance(rival, dict):
-            shown = ", ".join(f"{v:.4f}" for v in rival["predicted"]) if rival.get("fitted") else rival["reason"]
-            rms = f" (RMS log residual {rival['rms_log_residual']:.4f})" if rival.get("fitted") else ""
-            print(f"  form {form}{rms}: {shown}")
-    if "spread" in rivals:
-        print(f"the forms part by up to {100 * max(rivals['spread']):.1f}% at this rung: the chosen law's interval "
-              "carries its parameters' uncertainty, not the form's")
-    if "form_interval" in rivals:
-        spans = ", ".join(f"{s['model'] or '-'} [{b[0]:.4f}, {b[1]:.4f}]" for s, b in zip(plan["sizes"], rivals["form_interval"]))
-        print(f"form-aware 95% intervals (the forms within 10 AIC of the best: {', '.join(rivals['supported'])}): {spans}")
+    (out / rung.PLAN).write_text(json.dumps(json_safe({"study": label, **plan}), indent=2) + "\n")
+    print_plan(plan)
     if all(s["model"] for s in plan["sizes"]):
-        overrides = rung_overrides(plan, out / "sweep")
-        (out / OVERRIDES).write_text(" ".join(overrides) + "\n")
-        print(f"train it: scalelab-train --config-dir STUDY_DIR --config-name STUDY -m $(cat {out / OVERRIDES})")
+        (out / rung.OVERRIDES).write_text(" ".join(rung.rung_overrides(plan, out / rung.RUNG_SWEEP)) + "\n")
+        (out / rung.LR_OVERRIDES).write_text(" ".join(rung.lr_check_overrides(plan, out / rung.LR_SWEEP)) + "\n")
+        print(f"train it: scalelab-train --config-dir STUDY_DIR --config-name STUDY -m $(cat {out / rung.OVERRIDES})")
+        print(f"and its lr check ({plan['predicted_best']} at "
+              f"{' and '.join(f'{v:g}x' for v in rung.LR_SCALES)} its lr): the same with {out / rung.LR_OVERRIDES}")
     else:
         print("no overrides written: the sizes are parameter counts, not models a sweep can train (--models NAMES)")
     return 0
 
 
-def run_verify(args) -> int:
-    from scalelab.analysis import AnalysisError, json_safe, load_inputs, verify_rung
+def sweeps_of(table) -> set[Path]:
+    """The directories the study's runs were collected from (each run directory's parent)."""
+    if table is None or "run_dir" not in table.columns:
+        return set()
+    return {Path(str(d)).resolve().parent for d in table["run_dir"].dropna()}
 
-    rung = Path(args.rung)
-    try:
-        plan = json.loads((rung / PLAN).read_text())
-    except OSError as exc:
-        raise AnalysisError(f"{rung}: no {PLAN} ({exc.strerror}); plan the rung with `scalelab analyze rung`") from None
-    table, _ = load_inputs(args.runs or str(rung / "sweep"))
-    result = verify_rung(plan, table)
-    (rung / VERIFIED).write_text(json.dumps(json_safe(result), indent=2) + "\n")
+
+def print_plan(plan: dict) -> None:
+    from scalelab.analysis import rung
+
+    print(f"rung at C = {plan['budget']:.3g} FLOPs ({plan['ratio']:.3g}x the study's largest), law {plan['law']}: "
+          f"N_opt {plan['n_opt']:.3g}, D_opt {plan['d_opt']:.3g}, L_opt {plan['loss_opt']:.4f}")
+    rivals = plan.get("rival_forms") or {}
+    for j, s in enumerate(plan["sizes"]):
+        band = s.get("prediction_interval")
+        shown = f" [{band[0]:.4f}, {band[1]:.4f}]" if band else ""
+        if rivals.get("form_interval"):
+            low, high = rivals["form_interval"][j]
+            shown += f"; form-averaged {rivals['averaged'][j]:.4f} [{low:.4f}, {high:.4f}]"
+        flag = "  (beyond the study's sizes)" if s["beyond_fitted_sizes"] else ""
+        print(f"  {s['model'] or '-'}: N {s['params']:.3g}, D {s['tokens']:.3g}: {s['predicted']:.4f}{shown}{flag}")
+    print(f"predicted best: {plan['predicted_best']}" + ("" if plan["brackets"] else " (the sizes do not bracket N_opt)"))
+    for form, rival in rivals.items():
+        if form in rung.RIVAL_FORMS and isinstance(rival, dict):
+            print(f"  form {form}{form_notes(rival)}: " + (", ".join(f"{v:.4f}" for v in rival["predicted"])
+                                                         if rival.get("fitted") else rival["reason"]))
+    if "spread" in rivals:
+        print(f"the forms part by up to {100 * max(rivals['spread']):.1f}% at this rung")
+    if "weights" in rivals:
+        print("form-averaged prediction: the forms within 10 AIC of the best, weighted by "
+              f"{rivals['weighting']}: " + ", ".join(f"{k} {w:.2f}" for k, w in rivals["weights"].items()))
+
+
+def form_notes(rival: dict) -> str:
+    """How a rival form fits the study, what it missed at the study's held-out budget and the drift
+    that miss allows at the rung."""
+    if not rival.get("fitted"):
+        return ""
+    notes = [f"RMS log residual {rival['rms_log_residual']:.4f}", f"AIC {rival['aic']:.1f}"]
+    if rival.get("holdout"):
+        notes.append(f"held-out miss {100 * rival['holdout']['error']:+.2f}%")
+    if rival.get("misspecification"):
+        notes.append(f"drift at the rung +-{100 * rival['misspecification']:.1f}% (1 sd)")
+    return f" ({', '.join(notes)})"
+
+
+def run_verify(args) -> int:
+    from scalelab.analysis import json_safe, rung
+
+    result = rung.verify_dir(args.rung, args.runs)
+    (Path(args.rung) / rung.VERIFIED).write_text(json.dumps(json_safe(result), indent=2) + "\n")
+    for line in verify_lines(result):
+        print(line)
+    return 0
+
+
+def verify_lines(result: dict) -> list[str]:
+    lines = []
     for s in result["sizes"]:
         band = s["prediction_interval"]
         where = "" if band is None else f" [{band[0]:.4f}, {band[1]:.4f}] {'inside' if s['inside'] else 'OUTSIDE'}"
-        form = s.get("form_interval")
-        if form:
-            where += f"; form-aware [{form[0]:.4f}, {form[1]:.4f}] {'inside' if s['inside_form_interval'] else 'OUTSIDE'}"
-        print(f"  {s['model'] or '-'}: measured {s['measured']:.4f} ({s['seeds']} seed(s)), predicted "
-              f"{s['predicted']:.4f}{where}, miss {100 * s['error']:+.2f}%")
+        lines.append(f"  {s['model'] or '-'}: measured {s['measured']:.4f} ({s['seeds']} seed(s)), predicted "
+                     f"{s['predicted']:.4f}{where}, miss {100 * s['error']:+.2f}%")
+        if s.get("form_interval"):
+            low, high = s["form_interval"]
+            averaged = (f"form-averaged {s['form_averaged']:.4f}, miss {100 * s['form_error']:+.2f}%; "
+                        if "form_averaged" in s else "")
+            lines.append(f"      {averaged}form-aware 95% interval [{low:.4f}, {high:.4f}] "
+                         f"{'inside' if s['inside_form_interval'] else 'OUTSIDE'}")
     verdict = "the predicted one" if result["best_is_predicted"] else (
         "its neighbour" if result["best_is_neighbour"] else "not where the law put it")
-    print(f"best size: {result['measured_best']} ({verdict}); its miss {100 * result['best_error']:+.2f}%")
+    lines.append(f"best size: {result['measured_best']} ({verdict}); its miss {100 * result['best_error']:+.2f}%"
+                 + ("" if result.get("best_form_error") is None
+                    else f" (form-averaged {100 * result['best_form_error']:+.2f}%)"))
     for form, misses in result["rival_forms"].items():
-        print(f"  form {form}: misses " + ", ".join(f"{100 * m:+.2f}%" for m in misses))
-    return 0
+        lines.append(f"  form {form}: misses " + ", ".join(f"{100 * m:+.2f}%" for m in misses))
+    check = result.get("lr_check")
+    if check and check.get("runs"):
+        lines.append(f"lr check ({check['model']}): " + ", ".join(f"{r['scale']:.2g}x {r['loss']:.4f}" for r in check["runs"])
+                     + ("; the rung's lr is the best of them" if check["best_scale"] == 1 else
+                        f"; {check['best_scale']:g}x gains {100 * check['gain']:.2f}% over the rung's lr"))
+    elif check:
+        lines.append(f"lr check: {check['reason']}")
+    return lines

@@ -79,7 +79,7 @@ def _add_eval(subparsers) -> None:
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run dir (newest checkpoint) or a step dir")
     p.add_argument("--data", metavar="DIR|stdlib", help="dataset to evaluate on (default: the run's own)")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="only the first N tokens (whole windows)")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="only N tokens (whole windows, spread evenly over the split: the windows a run with train.eval_tokens=N evaluates on)")
     p.add_argument("--batch-size", type=int, metavar="B", help="windows per batch (default: the run's)")
     common.add_json(p, "the result")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")

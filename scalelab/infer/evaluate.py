@@ -1,8 +1,8 @@
 """`scalelab eval`: loss, perplexity and bits per byte of a checkpoint on a dataset split.
 
 The loss is the mean next-token cross-entropy (nats per token) over the packed windows of the
-split (`data.seq_len` of the run; the same windows training evaluates on), all of them or the
-first `max_tokens // seq_len`. Bits per byte divide by the split's bytes per token from the
+split (`data.seq_len` of the run), all of them or `max_tokens // seq_len` spread evenly over the
+split (the windows training evaluates on, for the run's `train.eval_tokens`). Bits per byte divide by the split's bytes per token from the
 dataset manifest, as training does, so they compare across tokenizers.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from scalelab import paths
 from scalelab.config import Config
-from scalelab.data.pipeline import Windows
+from scalelab.data.pipeline import Windows, spread
 from scalelab.data.store import TokenStore
 from scalelab.infer.load import LoadedModel, dataset_path, load_checkpoint, load_model  # noqa: F401
 from scalelab.interop.hf.directory import hf_dir
@@ -58,7 +58,7 @@ def loss_sum_fn(spec: ModelSpec):
 
 def evaluate_store(fns: ModelFns, params, store: TokenStore, split: str, seq_len: int, batch_size: int,
                    max_tokens: int | None = None, progress: bool = False) -> dict:
-    """Mean loss over the first windows of `split` (all of them, or max_tokens // seq_len)."""
+    """Mean loss over the windows of `split` (all of them, or max_tokens // seq_len spread over it)."""
     if split not in store.manifest["splits"]:
         raise ValueError(f"{store.path} has no split {split!r}; it has {', '.join(store.manifest['splits'])}")
     windows = Windows(store.shards(split), seq_len)
@@ -72,9 +72,10 @@ def evaluate_store(fns: ModelFns, params, store: TokenStore, split: str, seq_len
     loss_sum = loss_sum_fn(fns.spec)
     total = 0.0
     started = time.perf_counter()
+    chosen = spread(len(windows), n)
     batches = range(0, n, batch_size)
     for start in _progress(batches, progress, "eval"):
-        rows = [windows[i] for i in range(start, min(start + batch_size, n))]
+        rows = [windows[int(i)] for i in chosen[start:start + batch_size]]
         weights = np.zeros(batch_size, np.float32)
         weights[: len(rows)] = 1.0
         rows += [np.zeros_like(rows[0])] * (batch_size - len(rows))  # padding rows, weight 0

@@ -198,20 +198,23 @@ def with_hf_model(cfg: DictConfig) -> DictConfig:
 
 def with_law_lr(cfg: DictConfig, params: int, tokens: int, batch_tokens: int) -> DictConfig:
     """`cfg` with `optimizer.lr` set by the law file `optimizer.lr_law` (when given) for this run's
-    N, D and batch in tokens; a copy, so that the recorded config shows the lr the run used."""
-    path = cfg.optimizer.lr_law
-    if not path:
+    N, D and batch in tokens, times `optimizer.lr_scale`; a copy, so that the recorded config shows the
+    lr the run used."""
+    path, scale = cfg.optimizer.lr_law, cfg.optimizer.lr_scale
+    if not path and scale == 1:
         return cfg
-    try:
-        law = read_law(path)
-    except LawFileError as exc:
-        raise ConfigError("optimizer.lr_law", str(exc)) from exc
-    lr = law.lr(params, tokens, batch_tokens)
-    far = law.outside(params, tokens, batch_tokens)
-    if far:
-        warnings.warn(f"optimizer.lr_law={path} extrapolates: {'; '.join(far)} (lr {lr:.3g})", stacklevel=2)
+    lr = cfg.optimizer.lr
+    if path:
+        try:
+            law = read_law(path)
+        except LawFileError as exc:
+            raise ConfigError("optimizer.lr_law", str(exc)) from exc
+        lr = law.lr(params, tokens, batch_tokens)
+        far = law.outside(params, tokens, batch_tokens)
+        if far:
+            warnings.warn(f"optimizer.lr_law={path} extrapolates: {'; '.join(far)} (lr {lr:.3g})", stacklevel=2)
     cfg = copy.deepcopy(cfg)
-    cfg.optimizer.lr = lr
+    cfg.optimizer.lr = lr * scale
     return cfg
 
 

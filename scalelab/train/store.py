@@ -110,11 +110,16 @@ def config_differences(old: dict, new: dict) -> list[str]:
     A key the old config lacks (a run recorded before the key existed) counts as equal when the
     new config holds the schema's default for it: upgrading scalelab does not orphan run dirs.
     With the same `optimizer.lr_law` on both sides, `optimizer.lr` follows from it (a composed
-    config holds a placeholder there, a run records the lr the law gave it) and is not compared."""
+    config holds a placeholder there, a run records the lr the law gave it) and is not compared; with
+    the same `optimizer.lr_scale`, a recorded lr is the composed one times the scale."""
     a, b = flatten(old), flatten(new)
     keys = sorted(set(a) | set(b))
+    scale = b.get("optimizer.lr_scale", 1.0)
     if b.get("optimizer.lr_law") and a.get("optimizer.lr_law") == b["optimizer.lr_law"]:
         keys = [k for k in keys if k != "optimizer.lr"]
+    elif scale != 1 and a.get("optimizer.lr_scale") == scale and isinstance(b.get("optimizer.lr"), float | int):
+        if a.get("optimizer.lr") == b["optimizer.lr"] * scale:
+            keys = [k for k in keys if k != "optimizer.lr"]
     diff = [k for k in keys if a.get(k) != b.get(k)
             and not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
     if any(k not in a for k in diff):

@@ -60,7 +60,7 @@ def test_reduced_quickstart_study_end_to_end(tmp_path):
             assert fit["ci"]["a"][0] <= fit["a"] <= fit["ci"]["a"][1]
             assert fit["bootstrap"]["succeeded"] >= 0.8 * fit["bootstrap"]["requested"] == 16
     selection = fits["3"]["details"]["law_selection"]   # run.sh lets the data choose approach 3's law
-    assert selection["chosen"] in ("chinchilla", "kaplan") and "law form was chosen by the data" in text
+    assert selection["chosen"] in ("chinchilla", "kaplan", "kaplan-e") and "law form was chosen by the data" in text
     runs = pd.read_csv(rep / "runs.csv")
     assert len(runs) == len(summaries) and {"lr", "seed", "seq_len", "wall_seconds", "status"} <= set(runs)
 
@@ -85,6 +85,15 @@ def test_reduced_quickstart_study_end_to_end(tmp_path):
     assert [s["model"] for s in verified["sizes"]] == [s["model"] for s in planned["sizes"]]
     assert all(s["seeds"] == 1 and abs(s["error"]) < 0.2 for s in verified["sizes"]), verified["sizes"]
     assert "best size:" in rung.stdout
+    # its lr check: the predicted best size at 0.5x and 2x the lr its rung run got, one seed
+    check = verified["lr_check"]
+    assert check["model"] == planned["predicted_best"], check
+    assert [r["scale"] for r in check["runs"]] == pytest.approx([0.5, 1.0, 2.0], rel=1e-6)
+    # and the study's report again, with the rung's section, figure and fits.json rows
+    text = (rep / "report.md").read_text()
+    assert "## Prediction rung" in text and (rep / "rung.png").is_file()
+    rows = next(iter(json.loads((rep / "fits.json").read_text()).values()))["rung"]
+    assert rows["budget"] == 6e10 and [r["measured"] for r in rows["sizes"]] == [s["measured"] for s in verified["sizes"]]
 
     noise = runs.assign(loss=runs["loss"].mean() * np.exp(np.random.default_rng(0).normal(0.0, 0.02, len(runs))))
     result = report([noise], tmp_path / "noise", approaches=("2", "3"), bootstrap=10, n_starts=100,

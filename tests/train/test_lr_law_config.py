@@ -63,3 +63,25 @@ def test_a_missing_or_malformed_law_file_names_the_key_and_path(tmp_path, conten
     with pytest.raises(ConfigError) as err:
         build_run(compose_config([*TINY, f"optimizer.lr_law={path}"]), tmp_path / "run")
     assert str(err.value).startswith("optimizer.lr_law") and str(path) in str(err.value) and says in str(err.value)
+
+
+def test_lr_scale_multiplies_the_law_lr_and_a_plain_lr_and_resumes(tmp_path):
+    """optimizer.lr_scale: the lr check of a rung (0.5x, 2x the lr a run would get) without knowing it."""
+    from omegaconf import OmegaConf
+
+    from scalelab.train.store import config_differences
+
+    path, law = _law(tmp_path)
+    run = build_run(compose_config([*TINY, f"optimizer.lr_law={path}", "optimizer.lr_scale=0.5"]), tmp_path / "a")
+    assert run.hyper.schedule.peak == pytest.approx(0.5 * law.lr(run.counts.params, run.tokens), rel=1e-6)
+    composed = compose_config([*TINY, "optimizer.lr_scale=2"])
+    run = build_run(composed, tmp_path / "b")
+    assert run.hyper.schedule.peak == pytest.approx(2 * composed.optimizer.lr, rel=1e-6)
+    # the recorded lr is the scaled one; the same command again is the same run (it resumes), another scale is not
+    recorded = run.config
+    assert config_differences(recorded, OmegaConf.to_container(composed, resolve=True)) == []
+    other = OmegaConf.to_container(compose_config([*TINY, "optimizer.lr_scale=0.5"]), resolve=True)
+    assert "optimizer.lr_scale" in config_differences(recorded, other)
+    with pytest.raises(ConfigError) as err:
+        build_run(compose_config([*TINY, "optimizer.lr_scale=0"]), tmp_path / "c")
+    assert err.value.key == "optimizer.lr_scale"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scalelab.analysis.bootstrap import percentile_interval
+from scalelab.analysis.decide.rung import verify_dir
 from scalelab.analysis.errors import AnalysisError
 from scalelab.analysis.fitting.approaches import fit, normalize_approach
 from scalelab.analysis.result import FitResult, json_safe
@@ -63,24 +64,27 @@ class CompareResult:
     converged: bool = True
     message: str = ""
     notes: list = field(default_factory=list)
+    rung: dict = field(default_factory=dict)    # the multiplier claimed at a rung against the rungs' measurement
 
     def to_dict(self) -> dict:
         return json_safe({
             "approach": self.approach, "names": list(self.names), "converged": self.converged,
             "message": self.message, "differences": self.differences, "multipliers": self.multipliers,
-            "trend": self.trend,
+            "trend": self.trend, "rung": self.rung,
             "notes": self.notes, "fit_a": self.fit_a.to_dict(), "fit_b": self.fit_b.to_dict(),
         })
 
 
 @blas_single_threaded
 def compare(table_a, table_b, approach="3", budgets=None, bootstrap: int = 0, seed: int = 0,
-            names=None, **options) -> CompareResult:
+            names=None, rungs=None, **options) -> CompareResult:
     """Fit A and B with the same method and compare them.
 
     table_a/table_b: tables (path or DataFrame) or sweep directories. With
     ``bootstrap`` > 0 each side is resampled independently and the differences
-    and multipliers get percentile 95% intervals.
+    and multipliers get percentile 95% intervals. ``rungs``: each side's trained
+    prediction rung (directories of ``analyze rung -o``, one budget): the multiplier
+    claimed there is checked against the rungs' measured losses (``check_at_rung``).
     """
     approach = normalize_approach(approach)
     (data_a, label_a), (data_b, label_b) = load_inputs(table_a), load_inputs(table_b)
@@ -88,7 +92,10 @@ def compare(table_a, table_b, approach="3", budgets=None, bootstrap: int = 0, se
     budgets = parse_budgets(budgets) or sorted(set(default_budgets(data_a)) | set(default_budgets(data_b)))
     fit_a = fit(data_a, approach, bootstrap=bootstrap, budgets=budgets, seed=seed, **options)
     fit_b = fit(data_b, approach, bootstrap=bootstrap, budgets=budgets, seed=seed + 1, **options)
-    return compare_fits(fit_a, fit_b, names, budgets)
+    result = compare_fits(fit_a, fit_b, names, budgets)
+    if rungs and result.converged:
+        result.rung = check_at_rung(result, *(verify_dir(r) for r in rungs))
+    return result
 
 
 def compare_fits(fit_a: FitResult, fit_b: FitResult, names=("A", "B"), budgets=()) -> CompareResult:
@@ -169,3 +176,46 @@ def _multiplier_interval(values):
         logs = np.sort(np.log(values))
     low, high = (logs[int(round(q * (len(logs) - 1)))] for q in (0.025, 0.975))
     return (float(np.exp(low)), float(np.exp(high)))
+
+
+def anchored_multiplier(frontier_a: dict | None, loss_a: float, loss_b: float) -> float:
+    """m with A's frontier, moved to pass through A's measured loss at the rung, reaching B's measured
+    loss at m times the rung's compute: (L_B - E_A) / (L_A - E_A) = m^-gamma_A. Only A's floor and
+    slope are read off its law; its level is the rung's."""
+    if not frontier_a:
+        return math.nan
+    low, high = loss_b - frontier_a["E"], loss_a - frontier_a["E"]
+    if not high > 0:
+        return math.nan
+    if not low > 0:
+        return math.inf
+    return float((low / high) ** (-1.0 / frontier_a["gamma"]))
+
+
+def check_at_rung(result: CompareResult, rung_a: dict, rung_b: dict) -> dict:
+    """The multiplier the fits claim at the rungs' budget against the one the rungs measured (each
+    side's best size, mean of its seeds, `rung.verify_rung`): is the measurement inside the claim's
+    95% interval (`inside`), and does the claim hold at all (the measured multiplier on the same side
+    of 1). The measured one's interval carries A's floor and slope only, not the rungs' noise."""
+    budget = float(rung_a["budget"])
+    if not math.isclose(budget, float(rung_b["budget"]), rel_tol=1e-3):
+        raise AnalysisError(f"the rungs are at different budgets ({budget:.3g} and {float(rung_b['budget']):.3g} "
+                            "FLOPs): train both ideas' rungs at one budget to compare them there")
+    names = result.names
+    loss_a, loss_b = (min(r["measured"] for r in rung["sizes"]) for rung in (rung_a, rung_b))
+    fa, fb = result.fit_a, result.fit_b
+    pairs = list(zip(fa.samples, fb.samples, strict=False))
+    claimed = compute_multiplier(fa.frontier, fb.frontier, budget)
+    measured = anchored_multiplier(fa.frontier, loss_a, loss_b)
+    out = {"budget": budget, f"measured_loss_{names[0]}": loss_a, f"measured_loss_{names[1]}": loss_b,
+           f"predicted_loss_{names[0]}": float(fa.loss_opt(budget)), f"predicted_loss_{names[1]}": float(fb.loss_opt(budget)),
+           "claimed": claimed, "measured": measured}
+    if pairs:
+        out["claimed_ci"] = _multiplier_interval([compute_multiplier(_frontier_of(sa), _frontier_of(sb), budget)
+                                                  for sa, sb in pairs])
+        out["measured_ci"] = _multiplier_interval([anchored_multiplier(_frontier_of(sa), loss_a, loss_b)
+                                                   for sa in fa.samples])
+        low, high = out["claimed_ci"]
+        out["inside"] = bool(low <= measured <= high) if math.isfinite(measured) else None
+    out["same_side_of_one"] = bool((claimed > 1) == (measured > 1)) if math.isfinite(measured) else None
+    return out

@@ -38,7 +38,9 @@ OPTIONS = {
 }
 INTERNAL = {"2": {"fpt"}, "3": {"fpt", "flops_range"}}   # passed by fit itself, not by users
 DEFAULT_BOOTSTRAP_STARTS = 32
-AUTO_LAWS = ("chinchilla", "kaplan")   # law="auto" (approach 3) chooses between these by AIC
+# law="auto" (approach 3) chooses between these by AIC: Chinchilla's separable form, Kaplan's coupled one,
+# and Kaplan's over an irreducible loss (which a study's runs may or may not support)
+AUTO_LAWS = ("chinchilla", "kaplan", "kaplan-e")
 
 
 def normalize_approach(approach) -> str:

@@ -14,6 +14,7 @@ are (S, R, P) for P free parameters, or None for nodes that do not depend on any
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,12 +82,19 @@ def parse(text: str) -> Expression:
     """Parse and check ``text``; AnalysisError says what is wrong."""
     if not isinstance(text, str) or not text.strip():
         raise AnalysisError(f"a law expression must be a non-empty string, got {text!r}")
+    return _parsed(text.strip())
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str) -> Expression:
+    """One parse per expression: a law is evaluated thousands of times in a bootstrap (and its
+    tree is only read)."""
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise AnalysisError(f"law expression {text!r} is not valid: {exc.msg}") from None
     _check(tree, text)
-    return Expression(text.strip(), tree)
+    return Expression(text, tree)
 
 
 def _add(g1, g2, sign: float = 1.0):

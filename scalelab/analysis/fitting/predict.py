@@ -58,9 +58,8 @@ def intervals_at(fit: dict, data, level: float = LEVEL, repeats: int = 1) -> lis
     form, params, samples = law_and_params(fit)
     table = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
     predicted = np.atleast_1d(form.predict(params, table)) * np.ones(len(table))
-    draws = np.broadcast_to(predict_many(form, samples, table), (len(samples), len(table)))
-    draws = draws[np.all(np.isfinite(draws), axis=1)]
-    residuals = np.asarray(((fit.get("details") or {}).get("log_residuals")) or [], dtype=float)
+    draws = mean_draws(fit, table)
+    spread = predictive_draws(fit, table, repeats)
     low, high = _tails(level)
     rows = []
     for j, (_, point) in enumerate(table.iterrows()):
@@ -68,12 +67,28 @@ def intervals_at(fit: dict, data, level: float = LEVEL, repeats: int = 1) -> lis
         row["predicted"] = float(predicted[j])
         if len(draws) >= 2:
             row["interval"] = [float(v) for v in np.percentile(draws[:, j], [low, high])]
-            if len(residuals):
-                scatter = np.exp(-residuals / np.sqrt(max(int(repeats), 1)))
-                spread = (draws[:, j][:, None] * scatter[None, :]).ravel()
-                row["prediction_interval"] = [float(v) for v in np.percentile(spread, [low, high])]
+            if spread is not None:
+                row["prediction_interval"] = [float(v) for v in np.percentile(spread[:, j], [low, high])]
         rows.append(row)
     return rows
+
+
+def mean_draws(fit: dict, table: pd.DataFrame) -> np.ndarray:
+    """(resamples, points): the law's mean loss at each bootstrap resample's parameters (finite ones)."""
+    form, _, samples = law_and_params(fit)
+    draws = np.broadcast_to(predict_many(form, samples, table), (len(samples), len(table)))
+    return draws[np.all(np.isfinite(draws), axis=1)]
+
+
+def predictive_draws(fit: dict, table: pd.DataFrame, repeats: int = 1) -> np.ndarray | None:
+    """(draws, points): the loss of the mean of ``repeats`` new runs, each resample's mean times each
+    fitted run's log residual shrunk by sqrt(repeats); None without resamples or residuals."""
+    draws = mean_draws(fit, table)
+    residuals = np.asarray(((fit.get("details") or {}).get("log_residuals")) or [], dtype=float)
+    if len(draws) < 2 or not len(residuals):
+        return None
+    scatter = np.exp(-residuals / np.sqrt(max(int(repeats), 1)))
+    return (draws[:, None, :] * scatter[None, :, None]).reshape(-1, draws.shape[1])
 
 
 def prediction_note(fit: dict) -> str:

@@ -9,6 +9,7 @@ from scalelab.analysis.conventions import SAME_N_AND_C
 from scalelab.analysis.reports.tables import (
     allocation_table,
     exponent_ci,
+    fixed,
     holdout_table,
     num,
     parameters_table,
@@ -31,6 +32,10 @@ FIGURE_CAPTIONS = {
     "approach3_residuals": "Relative residuals of the approach-3 law L(N, D) for every run.",
     "training_curves": "Training loss along each run vs compute spent so far, coloured by model size, with "
                        "approach 1's lower envelope.",
+    "rung": "The prediction rung. Left: the study's runs (grey), the law's compute-optimal loss extrapolated past "
+            "the rung with its 95% band from the parameters alone, and each rung size's measured mean (dots) "
+            "with its form-aware 95% interval (bars). Right: the rung's IsoFLOP profile: the law (band: its "
+            "parameters), the rival forms, the measured means and the form-averaged predictions.",
     "comparison": "Comparison of the studies: runs and fitted loss frontiers (left, labelled with the compute "
                   "multiplier), compute-optimal N and D (right).",
 }
@@ -57,6 +62,8 @@ def render(studies, figures, comparison_figures, result, bootstrap: int) -> str:
     for study in studies:
         out += [f"## Study: {study.label}" if len(studies) > 1 else "## Results", ""]
         out += _study_section(study, figures.get(study.label, []))
+    if result.rung:
+        out += rung_section(result.rung, result.rung_figure)
     if comparison_figures or result.comparisons:
         out += _comparison_section(result.comparisons, comparison_figures)
     out += ["## Figures not drawn", ""]
@@ -240,4 +247,59 @@ def _comparison_section(comparisons, comparison_figures) -> list[str]:
         lines += trend_lines(cmp.trend, b) + [f"- {n}" for n in cmp.notes] + [""]
     for _cmp, png in comparison_figures:
         lines += [f"![comparison]({png})", "", f"*{FIGURE_CAPTIONS['comparison']}*", ""]
+    return lines
+
+
+def _inside(value) -> str:
+    return "n/a" if value is None else ("yes" if value else "**no**")
+
+
+def _band(row: dict, key: str) -> str:
+    band = row.get(key)
+    return "" if not band else f" [{fixed(band[0])}, {fixed(band[1])}]"
+
+
+def _weights(rung: dict) -> str:
+    weights = rung.get("weights")
+    if not weights:
+        return ""
+    how = {"aic": "its Akaike weight", "aic+holdout": "its Akaike weight times how well it predicted the study's "
+           "own largest budget"}.get(rung.get("weighting"), rung.get("weighting"))
+    return f", each weighted by {how}: " + ", ".join(f"{k} {w:.2f}" for k, w in weights.items())
+
+
+def rung_section(rung: dict, png: str | None) -> list[str]:
+    """The prediction rung: each size's measured mean against the chosen law and the form-averaged
+    prediction, the best size, the rival forms' misses and the learning-rate check."""
+    lines = ["## Prediction rung", "",
+             f"The study's law, fitted up to {num(rung.get('study_largest_budget'))} FLOPs, predicted a rung at "
+             f"C = {num(rung['budget'])} FLOPs ({num(rung.get('ratio'))}x beyond) before it was trained (its plan: "
+             f"`{rung.get('source', 'rung.json')}`). Each size's loss is the mean of its seeds; each 95% interval "
+             "is for that mean. The chosen law's interval carries its parameters' uncertainty; the form-aware "
+             "one also the law's form (the rival forms the study cannot tell apart" + _weights(rung) + ").", ""]
+    rows = [[r["model"] or num(r["params"]), num(r["params"]), num(r["tokens"]), r["seeds"], fixed(r["measured"]),
+             fixed(r["predicted"]) + _band(r, "prediction_interval"), f"{100 * r['error']:+.2f}%", _inside(r["inside"]),
+             (fixed(r["form_averaged"]) if "form_averaged" in r else "") + _band(r, "form_interval"),
+             f"{100 * r['form_error']:+.2f}%" if "form_error" in r else "n/a", _inside(r.get("inside_form_interval"))]
+            for r in rung["sizes"]]
+    lines += [table(["size", "N", "D", "seeds", "measured", f"law {rung.get('law')} [95%]", "miss", "inside",
+                     "form-averaged [95%]", "miss", "inside"], rows), ""]
+    verdict = "the predicted one" if rung["best_is_predicted"] else (
+        "the predicted one's neighbour" if rung["best_is_neighbour"] else f"not the predicted {rung['predicted_best']}")
+    lines.append(f"- Best size measured: {rung['measured_best']} ({verdict}); its miss {100 * rung['best_error']:+.2f}% "
+                 "against the chosen law" + ("" if rung.get("best_form_error") is None else
+                                            f", {100 * rung['best_form_error']:+.2f}% against the form-averaged "
+                                            "prediction") + ".")
+    for form, misses in (rung.get("rival_forms") or {}).items():
+        lines.append(f"- Form {form}: misses " + ", ".join(f"{100 * m:+.2f}%" for m in misses) + ".")
+    check = rung.get("lr_check")
+    if check and check.get("runs"):
+        lines.append(f"- Learning-rate check ({check['model']}, seed(s) {', '.join(map(str, check['seeds']))}): "
+                     + ", ".join(f"{r['scale']:.2g}x lr {fixed(r['loss'])}" for r in check["runs"])
+                     + ("; the lr the rung used is the best of them." if check["best_scale"] == 1 else
+                        f"; {check['best_scale']:g}x gains {100 * check['gain']:.2f}% over the lr the rung used "
+                        "(at most that much of the miss is the lr's)."))
+    lines.append("")
+    if png:
+        lines += [f"![rung]({png})", "", f"*{FIGURE_CAPTIONS['rung']}*", ""]
     return lines

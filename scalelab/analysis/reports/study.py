@@ -24,12 +24,14 @@ from pathlib import Path
 import pandas as pd
 
 from scalelab.analysis.decide.compare import CompareResult, compare_fits
+from scalelab.analysis.decide.rung import PLAN, read_plan, verify_dir
 from scalelab.analysis.errors import AnalysisError
 from scalelab.analysis.fitting.approaches import fit
 from scalelab.analysis.fitting.kaplan import frontier_runs
 from scalelab.analysis.reports import plots
 from scalelab.analysis.reports.agreement import build_verdict
 from scalelab.analysis.reports.document import render
+from scalelab.analysis.reports.rung_plots import rung_figure
 from scalelab.analysis.result import json_safe
 from scalelab.analysis.runs.budgets import default_budgets, parse_budgets
 from scalelab.analysis.runs.inputs import load_many
@@ -70,6 +72,8 @@ class ReportResult:
     studies: list = field(default_factory=list)
     comparisons: list = field(default_factory=list)
     verdicts: dict = field(default_factory=dict)   # study label -> Verdict
+    rung: dict | None = None                       # the verified prediction rung (`rung=`), fits.json's `rung`
+    rung_figure: str | None = None
 
     @property
     def verdict(self) -> Verdict | None:
@@ -204,7 +208,7 @@ def _why(study: Study, approach: str) -> str:
 @blas_single_threaded
 def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, holdout_top=None, budgets=None,
            seed: int = 0, pool: bool = False, n_starts=None, bootstrap_starts=None,
-           delta=None, law=None) -> ReportResult:
+           delta=None, law=None, rung=None) -> ReportResult:
     """Write figures (PNG, SVG, PDF), fits.json, verdict.json, runs.csv and report.md into ``out_dir``.
 
     inputs: sweep directories, table files or DataFrames (one or several).
@@ -213,6 +217,8 @@ def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, hol
     n_starts / bootstrap_starts: approach-3 starts for the main fit / each bootstrap resample.
     delta: approach 3's Huber delta (a number, or "auto"; default the published 1e-3).
     law: approach 3's law form (``fitting.fit``'s ``law``: a name, a file, or "auto"; default chinchilla).
+    rung: a trained prediction rung's directory (``analyze rung -o``): its section, figure and fits.json rows
+    (under the first study, or the one its plan names).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -245,12 +251,25 @@ def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, hol
     else:
         result.skipped["comparison"] = "only one study: give two or more inputs to compare them"
     result.verdicts = {s.label: s.verdict for s in studies}
-    (out_dir / "fits.json").write_text(json.dumps(json_safe({
-        s.label: {a: f.to_dict() for a, f in s.all_fits().items()} for s in studies}), indent=1))
+    fits = {s.label: {a: f.to_dict() for a, f in s.all_fits().items()} for s in studies}
+    if rung is not None:
+        _add_rung(rung, studies, out_dir, result)
+        fits[result.rung["study"]]["rung"] = result.rung
+    (out_dir / "fits.json").write_text(json.dumps(json_safe(fits), indent=1))
     (out_dir / "verdict.json").write_text(json.dumps(json_safe({
         s.label: s.verdict.to_dict() for s in studies}), indent=1))
     result.report.write_text(render(studies, figures, comparison_figures, result, bootstrap))
     return result
+
+
+def _add_rung(rung_dir, studies: list[Study], out_dir: Path, result: ReportResult) -> None:
+    """Verify the rung against the predictions its plan made, attach it to its study, draw its figure."""
+    plan = read_plan(rung_dir)
+    labels = [s.label for s in studies]
+    study = studies[labels.index(plan["study"])] if plan.get("study") in labels else studies[0]
+    result.rung = {"study": study.label, "source": str(Path(rung_dir) / PLAN),
+                   "weighting": (plan.get("rival_forms") or {}).get("weighting"), **verify_dir(rung_dir)}
+    result.rung_figure = _draw("rung", lambda: rung_figure(study.table, plan, result.rung), out_dir, result)
 
 
 def _compare_studies(base: Study, other: Study, budgets) -> CompareResult | str:
