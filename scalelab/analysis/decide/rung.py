@@ -8,7 +8,7 @@ is where the law put it), gives each the tokens that spend C under the study's o
 predicts each size's loss (the mean of S seeds) with its 95% intervals. The rung is then trained as
 an IsoFLOP sweep of one budget (`rung_overrides`). `verify_rung` reads its runs and sets each size's
 measured mean against its prediction: the miss, inside or outside, and whether the best size is the
-predicted one.
+predicted one. A miss is (predicted - measured) / measured, the report's held-out relative error.
 """
 
 from __future__ import annotations
@@ -120,9 +120,10 @@ def rival_predictions(table: pd.DataFrame, plan: dict, forms=RIVAL_FORMS, delta=
     points = pd.DataFrame([{k: s[k] for k in ("params", "tokens", "flops")} for s in plan["sizes"]])
     out, draws = {}, {}
     for form in forms:
-        # one budget: the allocation table (intervals over every resample) is the rung's alone
+        # the rung needs the resamples' predictions, not the parameters' BCa intervals (no jackknife), and
+        # an allocation table at its own budget only
         result = fit(done, "3", law=form, delta=delta if delta is not None else "auto", bootstrap=bootstrap,
-                     seed=seed, budgets=[plan["budget"]])
+                     seed=seed, budgets=[plan["budget"]], jackknife=False)
         if not result.converged:
             out[form] = {"fitted": False, "reason": result.message}
             continue
@@ -194,7 +195,7 @@ def holdout_score(done: pd.DataFrame, form: str, delta, bootstrap: int, seed: in
     (normal in log loss, its 95% prediction interval's width)."""
     try:
         held = fit(done, "3", law=form, delta=delta if delta is not None else "auto", bootstrap=bootstrap,
-                   seed=seed, holdout_budget=True, budgets=[budget])
+                   seed=seed, holdout_budget=True, budgets=[budget], jackknife=False)
     except AnalysisError:
         return None
     row = (held.holdout or [None])[0] if held.converged else None
@@ -206,7 +207,7 @@ def holdout_score(done: pd.DataFrame, form: str, delta, bootstrap: int, seed: in
     largest = float(held.details["holdout"]["budget"])
     below = [b for b in assign_budgets(done)[0].dropna().unique() if b < largest]
     fitted_up_to = float(max(below)) if below else 0.0
-    return {"error": float(row["loss"] / row["predicted"] - 1), "inside": bool(band[0] <= row["loss"] <= band[1]),
+    return {"error": float(row["predicted"] / row["loss"] - 1), "inside": bool(band[0] <= row["loss"] <= band[1]),
             "log_density": float(-0.5 * z * z - math.log(sigma)), "sigma": float(sigma),
             "ratio": largest / fitted_up_to if fitted_up_to > 0 else None}
 
@@ -317,7 +318,7 @@ def verify_rung(plan: dict, table: pd.DataFrame) -> dict:
         rows.append({"model": size.get("model"), "params": float(size["params"]), "tokens": float(size["tokens"]),
                      "flops": float(size["flops"]), "seeds": int(size["seeds"]), "measured": float(size["loss"]),
                      "predicted": predicted["predicted"], "prediction_interval": band,
-                     "error": float(size["loss"] / predicted["predicted"] - 1),
+                     "error": float(predicted["predicted"] / size["loss"] - 1),
                      "inside": None if band is None else bool(band[0] <= size["loss"] <= band[1])})
     add_form_average(plan, rows)
     best = min(rows, key=lambda r: r["measured"])
@@ -347,7 +348,7 @@ def add_form_average(plan: dict, rows: list[dict]) -> None:
             continue
         if rivals.get("averaged"):
             row["form_averaged"] = rivals["averaged"][j]
-            row["form_error"] = float(row["measured"] / rivals["averaged"][j] - 1)
+            row["form_error"] = float(rivals["averaged"][j] / row["measured"] - 1)
         if rivals.get("form_interval"):
             band = rivals["form_interval"][j]
             row["form_interval"], row["inside_form_interval"] = band, bool(band[0] <= row["measured"] <= band[1])
@@ -375,12 +376,12 @@ def verify_lr(plan: dict, rung: pd.DataFrame, checked: pd.DataFrame) -> dict:
 
 
 def rival_misses(rivals: dict, rows: list[dict]) -> dict:
-    """Each rival form's miss at each trained size (its own N and D), relative: measured / predicted - 1."""
+    """Each rival form's miss at each trained size (its own N and D), relative: predicted / measured - 1."""
     out = {}
     for form, rival in rivals.items():
         if not isinstance(rival, dict) or not rival.get("fitted"):
             continue
         points = pd.DataFrame([{k: r[k] for k in ("params", "tokens", "flops")} for r in rows])
         predicted = np.atleast_1d(law_from_dict(rival["law"]).predict(rival["params"], points))
-        out[form] = [float(r["measured"] / p - 1) for r, p in zip(rows, predicted, strict=True)]
+        out[form] = [float(p / r["measured"] - 1) for r, p in zip(rows, predicted, strict=True)]
     return out

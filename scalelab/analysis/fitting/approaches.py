@@ -31,7 +31,8 @@ from scalelab.analysis.verdict import mark
 
 FITTERS = {"kaplan": fit_kaplan, "1": fit_approach1, "2": fit_approach2, "3": fit_approach3}
 OPTIONS = {
-    "3": {"n_starts", "starts", "delta", "k", "n_polish", "best_rtol", "max_iter", "bootstrap_starts", "law", "fix"},
+    "3": {"n_starts", "starts", "delta", "k", "n_polish", "best_rtol", "max_iter", "bootstrap_starts", "law", "fix",
+          "jackknife"},
     "2": {"tolerance", "window"},
     "1": {"n_grid", "loss_column", "smooth"},
     "kaplan": set(),
@@ -200,7 +201,7 @@ def _bootstrap(result, approach, table, curves, resamples, seed, options) -> Non
         fit_once = _fit_function(approach, result, curves, seed, options)
         resampler, method = _resampler(approach, table, options)
         fits, info = run_bootstrap(fit_once, table, resamples, seed, resampler, method)
-        jackknife = run_jackknife(fit_once, table, seed) if fits else []
+        jackknife = run_jackknife(fit_once, table, seed) if fits and options.get("jackknife", True) else []
     if approach == "3" and "law" not in options:
         extra = options.get("bootstrap_starts", DEFAULT_BOOTSTRAP_STARTS)
         info["starts_per_resample"] = f"the full-data best plus {extra} grid starts"
@@ -254,7 +255,8 @@ def fit(table, approach="3", bootstrap: int = 0, budgets=None, seed: int = 0, ho
     decade grid). holdout_top: fit without the K largest-compute runs and predict them;
     holdout_budget: fit without the largest budget and predict its best run.
     Options: approach 3: n_starts, starts, delta, k, n_polish, best_rtol, max_iter,
-    bootstrap_starts, law (a built-in name of ``law_forms.BUILTIN``, a law file or a LawForm;
+    bootstrap_starts, jackknife (False: no delete-one refits, so BCa without acceleration),
+    law (a built-in name of ``law_forms.BUILTIN``, a law file or a LawForm;
     default chinchilla, approach 3's own fitter), fix ({name: value} or "NAME=VALUE,..." pinned);
     approach 2: tolerance, window; approach 1: n_grid, loss_column, smooth.
     Approach-3 fits store ``details["log_residuals"]``, and with a bootstrap the resamples'

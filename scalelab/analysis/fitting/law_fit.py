@@ -227,7 +227,9 @@ def fit_weighted(result: FitResult, form: LawForm, table, weights, options: dict
 def bootstrap_law(result: FitResult, form: LawForm, table, resamples: int, seed: int, options: dict):
     """(bootstrap fits, jackknife fits, info) of a law fit, as ``bootstrap.run_bootstrap`` reports them."""
     n = len(table)
-    weights = np.vstack([resample_weights(n, resamples, seed), jackknife_weights(n, seed)])
+    weights = resample_weights(n, resamples, seed)
+    if options.get("jackknife", True):
+        weights = np.vstack([weights, jackknife_weights(n, seed)])
     both = fit_weighted(result, form, table, weights, options)   # one batch for both
     fits = [f for f in both[:resamples] if isinstance(f, FitResult)]
     jackknife = [f for f in both[resamples:] if isinstance(f, FitResult)] if fits else []
