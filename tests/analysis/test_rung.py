@@ -231,7 +231,7 @@ def test_compare_checks_the_multiplier_it_claims_at_both_ideas_rungs(tmp_path):
     assert check["measured"] == pytest.approx(check["claimed"], rel=0.25), check
     assert check["inside"], check
     assert check["measured_loss_B"] < check["measured_loss_A"]
+    plan = json.loads((rungs[1] / "rung.json").read_text())
+    (rungs[1] / "rung.json").write_text(json.dumps({**plan, "budget": 2 * RUNG}))
     with pytest.raises(AnalysisError, match="different budgets"):
-        plan = json.loads((rungs[1] / "rung.json").read_text())
-        (rungs[1] / "rung.json").write_text(json.dumps({**plan, "budget": 2 * RUNG}))
         compare(tables[0], tables[1], rungs=rungs)

@@ -278,10 +278,10 @@ def read_plan(rung_dir) -> dict:
         raise AnalysisError(f"{rung_dir}: no {PLAN} ({exc.strerror}); plan the rung with `scalelab analyze rung`") from None
 
 
-def verify_dir(rung_dir, runs=None) -> dict:
-    """`verify_rung` of a rung directory (`analyze rung -o`): its plan, its runs (RUNG_DIR/sweep, or
-    `runs`) and, when trained, its learning-rate check (RUNG_DIR/lr_check)."""
-    plan = read_plan(rung_dir)
+def verify_dir(rung_dir, runs=None, plan: dict | None = None) -> dict:
+    """`verify_rung` of a rung directory (`analyze rung -o`): its plan (`plan` when already read), its
+    runs (RUNG_DIR/sweep, or `runs`) and, when trained, its learning-rate check (RUNG_DIR/lr_check)."""
+    plan = read_plan(rung_dir) if plan is None else plan
     table, _ = load_inputs(runs if runs is not None else str(Path(rung_dir) / RUNG_SWEEP))
     result = verify_rung(plan, table)
     lr_dir = Path(rung_dir) / LR_SWEEP

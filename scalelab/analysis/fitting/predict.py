@@ -59,7 +59,7 @@ def intervals_at(fit: dict, data, level: float = LEVEL, repeats: int = 1) -> lis
     table = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
     predicted = np.atleast_1d(form.predict(params, table)) * np.ones(len(table))
     draws = mean_draws(fit, table)
-    spread = predictive_draws(fit, table, repeats)
+    spread = predictive_draws(fit, table, repeats, draws)
     low, high = _tails(level)
     rows = []
     for j, (_, point) in enumerate(table.iterrows()):
@@ -80,10 +80,11 @@ def mean_draws(fit: dict, table: pd.DataFrame) -> np.ndarray:
     return draws[np.all(np.isfinite(draws), axis=1)]
 
 
-def predictive_draws(fit: dict, table: pd.DataFrame, repeats: int = 1) -> np.ndarray | None:
+def predictive_draws(fit: dict, table: pd.DataFrame, repeats: int = 1, draws=None) -> np.ndarray | None:
     """(draws, points): the loss of the mean of ``repeats`` new runs, each resample's mean times each
-    fitted run's log residual shrunk by sqrt(repeats); None without resamples or residuals."""
-    draws = mean_draws(fit, table)
+    fitted run's log residual shrunk by sqrt(repeats); None without resamples or residuals.
+    ``draws``: the resamples' means at ``table`` when already computed (``mean_draws``)."""
+    draws = mean_draws(fit, table) if draws is None else draws
     residuals = np.asarray(((fit.get("details") or {}).get("log_residuals")) or [], dtype=float)
     if len(draws) < 2 or not len(residuals):
         return None

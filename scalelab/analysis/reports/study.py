@@ -268,7 +268,7 @@ def _add_rung(rung_dir, studies: list[Study], out_dir: Path, result: ReportResul
     labels = [s.label for s in studies]
     study = studies[labels.index(plan["study"])] if plan.get("study") in labels else studies[0]
     result.rung = {"study": study.label, "source": str(Path(rung_dir) / PLAN),
-                   "weighting": (plan.get("rival_forms") or {}).get("weighting"), **verify_dir(rung_dir)}
+                   "weighting": (plan.get("rival_forms") or {}).get("weighting"), **verify_dir(rung_dir, plan=plan)}
     result.rung_figure = _draw("rung", lambda: rung_figure(study.table, plan, result.rung), out_dir, result)
 
 
