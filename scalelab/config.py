@@ -38,6 +38,29 @@ class ConfigError(ValueError):
         self.key = key
 
 
+# `model.moe.dispatch` choices; scalelab/model/moe.py says what each computes and costs
+MOE_DISPATCH = ("capacity", "dropless")
+
+
+@dataclass
+class MoeConfig:
+    """A mixture-of-experts feed-forward layer (scalelab/model/moe.py); experts=0: a dense model."""
+
+    experts: int = 0  # E routed experts per MoE layer; 0: every block has the dense SwiGLU of d_ff
+    top_k: int = 2  # experts each token uses (their router weights renormalised to sum to 1)
+    d_expert: int = 0  # an expert's SwiGLU width; 0: model.d_ff (smaller and more experts: finer granularity)
+    shared_experts: int = 0  # always-on experts of width d_expert beside the routed ones
+    every: int = 1  # every k-th block (the k-th, 2k-th, ...) is an MoE layer; the rest keep d_ff SwiGLU
+    # capacity: each sequence gives every expert capacity_factor x seq_len x top_k / E slots, filled in
+    # token order (causal), overflow passes through the residual; dropless: every assignment computed
+    # (grouped matmuls, jax.lax.ragged_dot). capacity is the default: it costs its FLOPs everywhere,
+    # while XLA:CPU runs ragged_dot as a dense dot over all E experts (NOTES.md)
+    dispatch: str = "capacity"
+    capacity_factor: float = 1.25
+    aux_loss: float = 0.01  # load-balancing loss coefficient (mean over MoE layers)
+    z_loss: float = 0.001  # router z-loss coefficient (mean over MoE layers)
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING  # ladder name, e.g. p50k; free text for custom shapes
@@ -62,6 +85,7 @@ class ModelConfig:
     # mup: the base model's head_dim (attention scores scale as sqrt(it)/head_dim); 0: this model's own,
     # for families that widen by adding heads of one size (the ladder's, between its head_dim steps)
     mup_base_head_dim: int = 0
+    moe: MoeConfig = field(default_factory=MoeConfig)
 
 
 @dataclass
@@ -125,12 +149,16 @@ class ScheduleConfig:
 class MeshConfig:
     data: int = -1  # -1 fills the remaining devices
     fsdp: int = 1
+    expert: int = 1  # expert parallelism: MoE experts split over this axis (tokens exchanged all-to-all)
     tensor: int = 1
     impl: str = "jit"  # jit | shard_map
     # logical axis name -> mesh axes; the one place a parallelism strategy is written down
     rules: dict[str, Any] = field(
         default_factory=lambda: {
-            "batch": ["data", "fsdp"],
+            "batch": ["data", "fsdp", "expert"],
+            "expert": "expert",  # an MoE layer's experts
+            "expert_batch": ["data", "fsdp"],  # the batch while its tokens sit with their experts
+            "router": None,
             "embed": "fsdp",
             "mlp": "tensor",
             "heads": "tensor",
@@ -262,6 +290,7 @@ CHOICES = {
     "model.attention": ATTENTION_KERNELS,
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
     "model.parametrization": PARAMETRIZATIONS,
+    "model.moe.dispatch": MOE_DISPATCH,
 }
 
 
@@ -369,7 +398,34 @@ def validate(cfg: DictConfig) -> None:
     warmup = cfg.schedule.warmup
     if warmup >= 1 and warmup != int(warmup):
         raise ConfigError("schedule.warmup", f"is a step count when >= 1 and must be whole; got {warmup}")
-    for axis in ("data", "fsdp", "tensor"):
+    for axis in ("data", "fsdp", "expert", "tensor"):
         value = cfg.mesh[axis]
         if value == 0 or value < -1:
             raise ConfigError(f"mesh.{axis}", f"must be a positive device count or -1; got {value}")
+    validate_moe(cfg)
+
+
+def validate_moe(cfg: DictConfig) -> None:
+    """The `model.moe` group (and the expert axis) checked before anything is built."""
+    moe, mesh = cfg.model.moe, cfg.mesh
+    if moe.experts < 0:
+        raise ConfigError("model.moe.experts", f"must be zero (dense) or a positive count; got {moe.experts}")
+    for key in ("shared_experts", "d_expert"):
+        if moe[key] < 0:
+            raise ConfigError(f"model.moe.{key}", f"must be zero or positive; got {moe[key]}")
+    if not moe.experts:
+        if mesh.expert != 1:
+            raise ConfigError("mesh.expert", f"splits MoE experts; this model is dense (model.moe.experts=0): "
+                                             f"set mesh.expert=1 (got {mesh.expert})")
+        return
+    if not 1 <= moe.top_k <= moe.experts:
+        raise ConfigError("model.moe.top_k", f"must lie in [1, model.moe.experts={moe.experts}]; got {moe.top_k}")
+    if not 1 <= moe.every <= cfg.model.n_layers:
+        raise ConfigError("model.moe.every", f"must lie in [1, model.n_layers={cfg.model.n_layers}]; got {moe.every}")
+    if moe.capacity_factor <= 0:
+        raise ConfigError("model.moe.capacity_factor", f"must be positive; got {moe.capacity_factor}")
+    for key in ("aux_loss", "z_loss"):
+        if moe[key] < 0:
+            raise ConfigError(f"model.moe.{key}", f"must be zero or positive; got {moe[key]}")
+    if mesh.expert > 1 and moe.experts % mesh.expert:
+        raise ConfigError("mesh.expert", f"must divide model.moe.experts={moe.experts}; got {mesh.expert}")

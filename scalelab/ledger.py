@@ -16,6 +16,12 @@ Conventions (recorded with every result, because they move fitted exponents):
   so C_token = 6 * (N_matmul + d_model * vocab) + 12 * n_layers * seq_len * n_heads * head_dim.
   The embedding lookup, norms, softmax, RoPE and the SwiGLU gate are elementwise and not counted;
   tests check the total against XLA's own cost analysis of the compiled step.
+* **Mixture of experts** (`experts` > 0; every `moe_every`-th block's MLP is a routed layer):
+  N counts the **active** parameters, those one token uses: the router (d_model x experts), its
+  `top_k` experts and the `shared_experts` (each 3 x d_model x d_expert), so that N, C and the
+  fits compare a dense and an MoE model by the compute a token costs. `params_total` counts every
+  expert. FLOPs follow the active matmuls (router included); a capacity layer's padding slots and
+  the combine's weighted sum are not counted (they are waste, not model FLOPs).
 * **Training FLOPs of a run**: C = flops_per_token * D, with D the tokens trained.
 
 `vocab` is always the padded vocabulary the model really computes (see `padded_vocab`).
@@ -44,10 +50,25 @@ class Shape:
     seq_len: int
     head_dim: int = 0  # 0: d_model // n_heads
     tied_embeddings: bool = False
+    experts: int = 0  # routed experts of an MoE layer; 0: a dense model
+    top_k: int = 0  # experts each token uses
+    d_expert: int = 0  # an expert's SwiGLU width (0: d_ff)
+    shared_experts: int = 0  # always-on experts of width d_expert beside the routed ones
+    moe_every: int = 1  # every k-th block (the k-th, 2k-th, ...) has an MoE layer; the others d_ff SwiGLU
 
     def __post_init__(self):
         if not self.head_dim:
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.experts and not self.d_expert:
+            object.__setattr__(self, "d_expert", self.d_ff)
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block `layer` (from 0) routes its tokens to experts."""
+        return bool(self.experts) and (layer + 1) % self.moe_every == 0
+
+    @property
+    def moe_layers(self) -> int:
+        return self.n_layers // self.moe_every if self.experts else 0
 
 
 def padded_vocab(vocab: int, multiple: int) -> int:
@@ -55,20 +76,44 @@ def padded_vocab(vocab: int, multiple: int) -> int:
     return -(-vocab // multiple) * multiple
 
 
+def attention_params(s: Shape) -> int:
+    return s.d_model * s.head_dim * (2 * s.n_heads + 2 * s.n_kv_heads)
+
+
+def expert_params(s: Shape) -> int:
+    """One expert's SwiGLU matrices."""
+    return 3 * s.d_model * s.d_expert
+
+
+def moe_mlp_params(s: Shape, active: bool = True) -> int:
+    """An MoE layer's matrices: the router, the experts a token uses (all of them when not
+    `active`) and the shared experts."""
+    routed = s.top_k if active else s.experts
+    return s.d_model * s.experts + (routed + s.shared_experts) * expert_params(s)
+
+
 def block_matmul_params(s: Shape) -> int:
-    """Matrix parameters of one Transformer block: q, k, v, o projections and the SwiGLU MLP."""
-    attention = s.d_model * s.head_dim * (2 * s.n_heads + 2 * s.n_kv_heads)
-    mlp = 3 * s.d_model * s.d_ff
-    return attention + mlp
+    """Matrix parameters of one dense Transformer block: q, k, v, o projections and the SwiGLU MLP."""
+    return attention_params(s) + 3 * s.d_model * s.d_ff
+
+
+def all_blocks_matmul_params(s: Shape, active: bool = True) -> int:
+    """Matrix parameters of every block; an MoE model's routed layers count their active experts
+    (all experts when not `active`)."""
+    moe = s.moe_layers
+    dense_layers = s.n_layers - moe
+    return (s.n_layers * attention_params(s) + dense_layers * 3 * s.d_model * s.d_ff
+            + moe * moe_mlp_params(s, active))
 
 
 def block_norm_params(s: Shape) -> int:
     return 2 * s.d_model
 
 
-def non_embedding_params(s: Shape) -> int:
-    """N: all block parameters plus the final norm (embedding and output matrix excluded)."""
-    return s.n_layers * (block_matmul_params(s) + block_norm_params(s)) + s.d_model
+def non_embedding_params(s: Shape, active: bool = True) -> int:
+    """N: all block parameters plus the final norm (embedding and output matrix excluded); an MoE
+    model's active ones (every expert when not `active`)."""
+    return all_blocks_matmul_params(s, active) + s.n_layers * block_norm_params(s) + s.d_model
 
 
 def embedding_params(s: Shape) -> int:
@@ -81,11 +126,12 @@ def output_params(s: Shape) -> int:
 
 
 def total_params(s: Shape) -> int:
-    return non_embedding_params(s) + embedding_params(s) + output_params(s)
+    """Every parameter the model holds (all experts, the embedding, the output matrix)."""
+    return non_embedding_params(s, active=False) + embedding_params(s) + output_params(s)
 
 
 def forward_flops_per_token(s: Shape) -> int:
-    matmuls = 2 * (s.n_layers * block_matmul_params(s) + s.d_model * s.vocab)
+    matmuls = 2 * (all_blocks_matmul_params(s) + s.d_model * s.vocab)
     attention = 4 * s.n_layers * s.seq_len * s.n_heads * s.head_dim
     return matmuls + attention
 
@@ -113,17 +159,23 @@ def tokens_for_budget(s: Shape, budget: float) -> float:
 class Ledger:
     """Every count of one model shape, as a record for summaries and tables."""
 
-    params: int
+    params: int  # N: non-embedding, active
     params_total: int
     params_embedding: int
     flops_per_token: int
     flops_per_token_6n: int
     shape: dict
+    params_active: int = 0  # = params (named for MoE summaries)
+    experts: int = 0
+    top_k: int = 0
 
     @classmethod
     def of(cls, s: Shape) -> Ledger:
         return cls(
             params=non_embedding_params(s),
+            params_active=non_embedding_params(s),
+            experts=s.experts,
+            top_k=s.top_k,
             params_total=total_params(s),
             params_embedding=embedding_params(s),
             flops_per_token=flops_per_token(s),
@@ -133,7 +185,7 @@ class Ledger:
 
 
 CONVENTION = (
-    "N = non-embedding parameters (blocks + final norm; no embedding or output matrix); "
+    "N = non-embedding parameters (blocks + final norm; no embedding or output matrix; MoE: the active ones); "
     "C = 3 x forward FLOPs, counting all matmuls incl. the output layer and full-sequence attention "
     "(6*(N_matmul + d*V) + 12*L*T*H*hd per token)"
 )

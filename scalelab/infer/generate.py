@@ -50,11 +50,15 @@ class KVCache:
     k_BxSxKxH: jax.Array
     v_BxSxKxH: jax.Array
     length_B: jax.Array  # int32; row b's next token is written at index length_B[b] (= its position)
+    # an MoE layer with capacity dispatch: the expert slots each position claimed (its kept
+    # assignments), so that a new token queues behind the earlier ones as in the forward pass
+    claimed_BxSxE: jax.Array | None = None
 
     @classmethod
-    def empty(cls, batch: int, size: int, n_kv_heads: int, head_dim: int, dtype) -> KVCache:
+    def empty(cls, batch: int, size: int, n_kv_heads: int, head_dim: int, dtype, experts: int = 0) -> KVCache:
         zeros = jnp.zeros((batch, size, n_kv_heads, head_dim), dtype)
-        return cls(zeros, zeros, jnp.zeros((batch,), jnp.int32))
+        claimed = jnp.zeros((batch, size, experts), jnp.int32) if experts else None
+        return cls(zeros, zeros, jnp.zeros((batch,), jnp.int32), claimed)
 
     def attend(self, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH):
         """Write the T new keys/values at each row's length, attend causally; (out BxTxNxH, new cache)."""
@@ -66,12 +70,30 @@ class KVCache:
         visible_BxTxS = jnp.arange(S, dtype=jnp.int32)[None, None, :] <= query_pos_BxT[:, :, None]
         out_BxTxNxH = attention.masked_attention(q_BxTxNxH, k_BxSxKxH.astype(q_BxTxNxH.dtype),
                                                  v_BxSxKxH.astype(q_BxTxNxH.dtype), visible_BxTxS)
-        return out_BxTxNxH, KVCache(k_BxSxKxH, v_BxSxKxH, self.length_B + T)
+        return out_BxTxNxH, KVCache(k_BxSxKxH, v_BxSxKxH, self.length_B + T, self.claimed_BxSxE)
+
+    # the MoE layer calls these after `attend`, which has moved length_B past the T new tokens
+    def filled(self, n_tokens: int):
+        """Slots of each expert claimed by each row's positions before the new tokens: BxE."""
+        start_B = self.length_B - n_tokens
+        before_BxS = jnp.arange(self.claimed_BxSxE.shape[1])[None, :] < start_B[:, None]
+        return jnp.sum(self.claimed_BxSxE * before_BxS[:, :, None], axis=1)
+
+    def claim(self, experts_BxTxK, kept_BxTxK, n_experts: int) -> KVCache:
+        """The cache with the new tokens' kept assignments written at their positions."""
+        claimed_BxTxE = jnp.sum(jax.nn.one_hot(experts_BxTxK, n_experts, dtype=jnp.int32) * kept_BxTxK[..., None],
+                                axis=2)
+        write = jax.vmap(lambda buf, new, start: jax.lax.dynamic_update_slice_in_dim(buf, new, start, axis=0))
+        start_B = self.length_B - experts_BxTxK.shape[1]
+        return self.replace(claimed_BxSxE=write(self.claimed_BxSxE, claimed_BxTxE, start_B))
 
 
 def empty_caches(spec: ModelSpec, batch: int, size: int) -> list[KVCache]:
     dtype = DTYPES[spec.compute_dtype]
-    return [KVCache.empty(batch, size, spec.n_kv_heads, spec.head_dim, dtype) for _ in range(spec.n_layers)]
+    s = spec.shape
+    claims = lambda layer: s.experts if s.is_moe_layer(layer) and spec.moe_dispatch == "capacity" else 0
+    return [KVCache.empty(batch, size, spec.n_kv_heads, spec.head_dim, dtype, claims(layer))
+            for layer in range(spec.n_layers)]
 
 
 def forward_with_cache(fns: ModelFns, params: dict, tokens_BxT, caches: list[KVCache]):

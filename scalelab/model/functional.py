@@ -70,8 +70,9 @@ class ModelFns:
         nnx.replace_by_pure_dict(state, _int_keys(params))
         return nnx.merge(self.graphdef, state)
 
-    def apply(self, params: dict, tokens_BxT, positions_BxT=None, probes: dict | None = None):
-        return self.module(params)(tokens_BxT, positions_BxT, probes=probes)
+    def apply(self, params: dict, tokens_BxT, positions_BxT=None, probes: dict | None = None,
+              moe_stats: list | None = None):
+        return self.module(params)(tokens_BxT, positions_BxT, probes=probes, moe_stats=moe_stats)
 
 
 @functools.lru_cache(maxsize=64)

@@ -7,6 +7,8 @@ Every parameter carries `logical_axes` metadata (`vocab`, `embed`, `heads`, `kv_
 `head_dim`, `mlp`, `norm`); `scalelab.train.mesh` turns those names into shardings through the rules in
 `mesh.rules`, so the model itself never names a mesh axis. Tensor names carry their shapes:
 B batch, T sequence, D d_model, N query heads, K kv heads, H head_dim, F d_ff, V vocab.
+With `experts` > 0 in the shape, every `moe_every`-th block's MLP is a mixture of experts (`MoE`;
+its routing is scalelab/model/moe.py, which adds E experts, C capacity to the legend).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from flax import nnx
 
 from scalelab import ledger
 from scalelab.config import ConfigError
-from scalelab.model import attention, parametrization
+from scalelab.model import attention, hints, moe, parametrization
 from scalelab.model.dense import dense
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -44,6 +46,10 @@ class ModelSpec:
     parametrization: str = "standard"  # standard | mup: scalelab/model/parametrization.py
     mup_base_width: int = 256
     mup_base_head_dim: int = 0  # 0: this model's head_dim
+    moe_dispatch: str = "capacity"  # capacity | dropless (scalelab/model/moe.py)
+    capacity_factor: float = 1.25
+    moe_aux_loss: float = 0.01  # the training loss's coefficients of the MoE layers' mean aux and z losses
+    moe_z_loss: float = 0.001
 
     # the architecture's numbers, read through the one shape record
     d_model = property(lambda self: self.shape.d_model)
@@ -146,8 +152,8 @@ class Attention(nnx.Module):
 
 
 class SwiGLU(nnx.Module):
-    def __init__(self, spec: ModelSpec, rngs: nnx.Rngs):
-        D, F = spec.d_model, spec.d_ff
+    def __init__(self, spec: ModelSpec, rngs: nnx.Rngs, width: int | None = None):
+        D, F = spec.d_model, width or spec.d_ff
         pd = DTYPES[spec.param_dtype]
         std = parametrization.hidden_std(spec, spec.init_std)
         self.w_gate = _param(rngs, (D, F), std, ("embed", "mlp"), pd)
@@ -161,19 +167,67 @@ class SwiGLU(nnx.Module):
         return dense(jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down[...].astype(dt))
 
 
-class Block(nnx.Module):
+class MoE(nnx.Module):
+    """A mixture-of-experts SwiGLU layer: router, E experts of width d_expert, optional shared experts."""
+
     def __init__(self, spec: ModelSpec, rngs: nnx.Rngs):
+        s = spec.shape
+        D, E, F = s.d_model, s.experts, s.d_expert
+        pd = DTYPES[spec.param_dtype]
+        std = parametrization.hidden_std(spec, spec.init_std)
+        self.router = _param(rngs, (D, E), std, ("embed", "router"), pd)
+        self.w_gate = _param(rngs, (E, D, F), std, ("expert", "embed", "mlp"), pd)
+        self.w_up = _param(rngs, (E, D, F), std, ("expert", "embed", "mlp"), pd)
+        self.w_down = _param(rngs, (E, F, D), std / (2 * s.n_layers) ** 0.5, ("expert", "mlp", "embed"), pd)
+        if s.shared_experts:
+            self.shared = SwiGLU(spec, rngs, width=s.shared_experts * F)
+        self.spec = spec
+
+    def __call__(self, x_BxTxD, cache=None):
+        """(output BxTxD, this layer's statistics, the updated cache)."""
+        s, dt = self.spec.shape, x_BxTxD.dtype
+        weights = [w[...].astype(dt) for w in (self.w_gate, self.w_up, self.w_down)]
+        logits_BxTxE, experts_BxTxK, weights_BxTxK = moe.route(x_BxTxD, self.router[...], s.top_k)
+        if self.spec.moe_dispatch == "dropless":
+            y_BxTxD = moe.dropless(x_BxTxD, experts_BxTxK, weights_BxTxK, *weights)
+            kept_BxTxK = jnp.ones(experts_BxTxK.shape, bool)
+        else:
+            B, T, K = experts_BxTxK.shape
+            C = moe.capacity(s.seq_len, s.top_k, s.experts, self.spec.capacity_factor)
+            filled_BxE = None if cache is None else cache.filled(T)
+            slot_BxTxK, kept_BxTxK = moe.slots(experts_BxTxK, s.experts, C, filled_BxE)
+            x_BxExCxD = moe.gather_to_slots(x_BxTxD, slot_BxTxK, s.experts * C).reshape(B, s.experts, C, -1)
+            x_BxExCxD = hints.constrain(x_BxExCxD, ("expert_batch", "expert", None, None))
+            y_BxExCxD = hints.constrain(moe.swiglu_experts(x_BxExCxD, *weights),
+                                        ("expert_batch", "expert", None, None))
+            y_BxTxD = moe.combine_from_slots(y_BxExCxD.reshape(B, s.experts * C, -1), slot_BxTxK, weights_BxTxK,
+                                             kept_BxTxK)
+            y_BxTxD = hints.constrain(y_BxTxD, ("batch", None, None))
+            if cache is not None:
+                cache = cache.claim(experts_BxTxK, kept_BxTxK, s.experts)
+        if s.shared_experts:
+            y_BxTxD = y_BxTxD + self.shared(x_BxTxD)
+        return y_BxTxD, moe.router_stats(logits_BxTxE, experts_BxTxK, kept_BxTxK), cache
+
+
+class Block(nnx.Module):
+    def __init__(self, spec: ModelSpec, rngs: nnx.Rngs, layer: int = 0):
         pd = DTYPES[spec.param_dtype]
         self.attn_norm = RMSNorm(spec.d_model, spec.norm_eps, pd)
         self.attn = Attention(spec, rngs)
         self.mlp_norm = RMSNorm(spec.d_model, spec.norm_eps, pd)
-        self.mlp = SwiGLU(spec, rngs)
+        self.mlp = MoE(spec, rngs) if spec.shape.is_moe_layer(layer) else SwiGLU(spec, rngs)
 
     def __call__(self, x_BxTxD, sin, cos, cache=None):
+        """(the residual stream after the block, the updated cache, MoE statistics or None)."""
         y_BxTxD, new_cache = self.attn(self.attn_norm(x_BxTxD), sin, cos, cache)
         x_BxTxD = x_BxTxD + y_BxTxD
-        x_BxTxD = x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
-        return x_BxTxD, new_cache
+        stats = None
+        if isinstance(self.mlp, MoE):
+            y_BxTxD, stats, new_cache = self.mlp(self.mlp_norm(x_BxTxD), new_cache)
+        else:
+            y_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
+        return x_BxTxD + y_BxTxD, new_cache, stats
 
 
 REMAT_POLICIES = {
@@ -187,16 +241,18 @@ class Transformer(nnx.Module):
         pd = DTYPES[spec.param_dtype]
         self.spec = spec
         self.embed = _param(rngs, (spec.vocab, spec.d_model), spec.init_std, ("vocab", "embed"), pd)
-        self.blocks = nnx.List([Block(spec, rngs) for _ in range(spec.n_layers)])
+        self.blocks = nnx.List([Block(spec, rngs, layer) for layer in range(spec.n_layers)])
         self.final_norm = RMSNorm(spec.d_model, spec.norm_eps, pd)
         if not spec.tied_embeddings:
             self.lm_head = _param(rngs, (spec.d_model, spec.vocab), spec.init_std, ("embed", "vocab"), pd)
 
-    def __call__(self, tokens_BxT, positions_BxT=None, caches=None, probes: dict | None = None):
+    def __call__(self, tokens_BxT, positions_BxT=None, caches=None, probes: dict | None = None,
+                 moe_stats: list | None = None):
         """Logits (in the compute dtype) for every position; with `caches`, also the updated caches.
 
         `probes`, a dict, receives the activations `embedding`, `block0` ... (each block's output,
-        the residual stream) and `logits` (for the coordinate check, scalelab/bench/coord_check.py)."""
+        the residual stream) and `logits` (for the coordinate check, scalelab/bench/coord_check.py).
+        `moe_stats`, a list, receives each MoE layer's statistics (`moe.router_stats`), in order."""
         spec = self.spec
         dt = DTYPES[spec.compute_dtype]
         if positions_BxT is None:
@@ -209,12 +265,14 @@ class Transformer(nnx.Module):
         for i, block in enumerate(self.blocks):
             cache = None if caches is None else caches[i]
             if spec.remat != "none" and caches is None:
-                x_BxTxD, _ = nnx.remat(lambda b, x: b(x, sin, cos), policy=REMAT_POLICIES[spec.remat])(
+                x_BxTxD, _, stats = nnx.remat(lambda b, x: b(x, sin, cos), policy=REMAT_POLICIES[spec.remat])(
                     block, x_BxTxD
                 )
             else:
-                x_BxTxD, cache = block(x_BxTxD, sin, cos, cache)
+                x_BxTxD, cache, stats = block(x_BxTxD, sin, cos, cache)
             new_caches.append(cache)
+            if stats is not None and moe_stats is not None:
+                moe_stats.append(stats)
             if probes is not None:
                 probes[f"block{i}"] = x_BxTxD
         x_BxTxD = self.final_norm(x_BxTxD)

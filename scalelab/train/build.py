@@ -131,7 +131,10 @@ def model_shape(model, vocab: int, seq_len: int) -> ledger.Shape:
     return ledger.Shape(d_model=model.d_model, n_layers=model.n_layers, n_heads=model.n_heads,
                         n_kv_heads=model.n_kv_heads, d_ff=model.d_ff,
                         vocab=ledger.padded_vocab(vocab, model.vocab_multiple), seq_len=seq_len,
-                        head_dim=model.head_dim, tied_embeddings=model.tied_embeddings)
+                        head_dim=model.head_dim, tied_embeddings=model.tied_embeddings,
+                        experts=model.moe.experts, top_k=model.moe.top_k if model.moe.experts else 0,
+                        d_expert=model.moe.d_expert, shared_experts=model.moe.shared_experts,
+                        moe_every=model.moe.every)
 
 
 def model_spec(settings: Config, vocab: int) -> ModelSpec:
@@ -142,7 +145,9 @@ def model_spec(settings: Config, vocab: int) -> ModelSpec:
                      param_dtype=m.param_dtype, compute_dtype=precision,
                      attention=resolve_attention(m.attention, precision, seq_len, shape.head_dim),
                      remat=settings.train.remat, parametrization=m.parametrization,
-                     mup_base_width=m.mup_base_width, mup_base_head_dim=m.mup_base_head_dim)
+                     mup_base_width=m.mup_base_width, mup_base_head_dim=m.mup_base_head_dim,
+                     moe_dispatch=m.moe.dispatch, capacity_factor=m.moe.capacity_factor,
+                     moe_aux_loss=m.moe.aux_loss, moe_z_loss=m.moe.z_loss)
 
 
 def typed(cfg: DictConfig) -> Config:

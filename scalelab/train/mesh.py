@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from scalelab.config import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
 
 def mesh_shape(mesh_cfg, n_devices: int) -> dict[str, int]:
@@ -69,6 +69,9 @@ def logical_to_spec(logical_axes, rules, mesh: Mesh | None = None) -> PartitionS
     used: set[str] = set()
     spec = []
     for name in logical_axes:
+        if name is None:  # a dimension no rule splits (activations' hints use it)
+            spec.append(None)
+            continue
         if name not in rules:
             raise ConfigError(f"mesh.rules.{name}", f"no rule for logical axis {name!r}")
         axes = []

@@ -126,13 +126,15 @@ def muon_dims(logical_axes):
     """Which parameters Muon updates, from their logical axes: a hidden matrix (an `embed` axis and
     no `vocab` axis) gets the `MuonDimensionNumbers` that make it one matrix of the model width by
     its other axes (wq: embed x heads*head_dim, wo: heads*head_dim x embed, w_up: embed x mlp);
-    embeddings, the output layer and norm scales get None (AdamW)."""
+    embeddings, the output layer and norm scales get None (AdamW). An MoE layer's experts
+    (expert x embed x mlp) are one matrix per expert."""
     def dims(axes):
         if len(axes) < 2 or "embed" not in axes or "vocab" in axes:
             return None
         width = axes.index("embed")
-        rest = tuple(i for i in range(len(axes)) if i != width)
-        if width == 0:
+        # an MoE layer's expert axis is a batch of matrices: neither reduced nor output
+        rest = tuple(i for i in range(len(axes)) if i != width and axes[i] != "expert")
+        if width < min(rest):  # the model width is the input side
             return MuonDimensionNumbers(reduction_axis=(width,), output_axis=rest)
         return MuonDimensionNumbers(reduction_axis=rest, output_axis=(width,))
     return jax.tree.map(dims, logical_axes, is_leaf=_is_axes)

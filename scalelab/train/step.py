@@ -18,32 +18,37 @@ import jax.numpy as jnp
 import optax
 
 from scalelab.config import ConfigError
+from scalelab.model import hints
 from scalelab.model.functional import ModelFns
-from scalelab.model.loss import next_token_loss
+from scalelab.model.loss import next_token_loss, training_loss
 from scalelab.train import mesh as meshlib
 from scalelab.train import optim
 
 
 def loss_and_grads(fns: ModelFns, params: dict, batch_BxT1, grad_accum: int):
-    """Loss and gradient of the whole batch, accumulated over `grad_accum` microbatches with scan.
+    """(metrics, gradient) of the whole batch, accumulated over `grad_accum` microbatches with scan;
+    the metrics are `training_loss`'s (`train_loss` first), averaged over the microbatches.
 
     Microbatch i takes rows i, i + grad_accum, ... so that, with the batch split over devices,
     every microbatch keeps the same split and no row moves between devices.
     """
-    grad_fn = jax.value_and_grad(partial(next_token_loss, fns))
+    grad_fn = jax.grad(partial(training_loss, fns), has_aux=True)
     if grad_accum == 1:
-        return grad_fn(params, batch_BxT1)
+        grads, metrics = grad_fn(params, batch_BxT1)
+        return metrics, grads
     B, T1 = batch_BxT1.shape
     micro_AxMxT1 = batch_BxT1.reshape(B // grad_accum, grad_accum, T1).swapaxes(0, 1)
 
     def accumulate(carry, micro_MxT1):
-        loss_sum, grad_sum = carry
-        loss, grads = grad_fn(params, micro_MxT1)
-        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+        metric_sum, grad_sum = carry
+        grads, metrics = grad_fn(params, micro_MxT1)
+        return (jax.tree.map(jnp.add, metric_sum, metrics), jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros), micro_AxMxT1)
-    return loss_sum / grad_accum, jax.tree.map(lambda g: g / grad_accum, grad_sum)
+    metric_zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, micro_AxMxT1[0])[1])
+    (metric_sum, grad_sum), _ = jax.lax.scan(accumulate, (metric_zeros, zeros), micro_AxMxT1)
+    return (jax.tree.map(lambda m: m / grad_accum, metric_sum),
+            jax.tree.map(lambda g: g / grad_accum, grad_sum))
 
 
 # Tokens per microbatch and batch shard that keep a step's activations (attention scores above
@@ -107,9 +112,9 @@ def shard_map_loss_and_grads(fns: ModelFns, mesh, param_specs, batch_spec, grad_
 
     def local(params, batch_BxT1):
         full = jax.tree.map(lambda p, spec: as_local(gather(p, spec)), params, param_specs)
-        loss, grads = loss_and_grads(fns, full, batch_BxT1, grad_accum)
+        metrics, grads = loss_and_grads(fns, full, batch_BxT1, grad_accum)
         grads = jax.tree.map(reduce, grads, param_specs)
-        return jax.lax.pmean(loss, ("data", "fsdp")), grads
+        return jax.tree.map(lambda m: jax.lax.pmean(m, ("data", "fsdp")), metrics), grads
 
     return jax.shard_map(local, mesh=mesh, in_specs=(param_specs, batch_spec), out_specs=(P(), param_specs))
 
@@ -136,9 +141,10 @@ class Steps:
 def _grads_fn(fns: ModelFns, mesh, param_sh, batch_size: int, grad_accum: int, impl: str):
     if impl != "shard_map":
         return partial(loss_and_grads, fns, grad_accum=grad_accum)
-    if mesh.shape["tensor"] > 1:
-        raise ConfigError("mesh.impl", "shard_map writes out data and FSDP parallelism only; set mesh.tensor=1 "
-                                       "or use mesh.impl=jit for tensor parallelism")
+    for axis in ("tensor", "expert"):
+        if mesh.shape[axis] > 1:
+            raise ConfigError("mesh.impl", f"shard_map writes out data and FSDP parallelism only; set mesh.{axis}=1 "
+                                           f"or use mesh.impl=jit for {axis} parallelism")
     param_specs = jax.tree.map(lambda s: s.spec, param_sh)
     if batch_size // grad_accum // (mesh.shape["data"] * mesh.shape["fsdp"]) < 1:
         raise ConfigError("train.grad_accum", "each device needs at least one row per microbatch")
@@ -147,16 +153,29 @@ def _grads_fn(fns: ModelFns, mesh, param_sh, batch_size: int, grad_accum: int, i
     return shard_map_loss_and_grads(fns, mesh, param_specs, batch_spec, grad_accum)
 
 
+def hinted(fn, mesh, rules: dict):
+    """`fn` traced with the model's activation hints (scalelab/model/hints.py) resolved on `mesh`
+    through `rules`; only a mesh with an expert axis needs them (the MoE all-to-all)."""
+    if mesh.shape.get("expert", 1) == 1:
+        return fn
+    resolve = lambda axes: jax.sharding.NamedSharding(mesh, meshlib.logical_to_spec(axes, rules, mesh))
+
+    def traced(*args):
+        with hints.activation_shardings(resolve):
+            return fn(*args)
+    return traced
+
+
 def one_step(grads_fn, state, batch, hyper: optim.Hyper, lr_multipliers=None, optimizer: str = "adamw",
              muon_dims=None):
     """The update of one run: loss and gradients, then the optimizer (`optim.update`: adamw, or muon
     on the matrices of `muon_dims`) at the schedule's learning rate (times each parameter's
     multiplier from the model's parametrization, when it has them)."""
-    loss, grads = grads_fn(state["params"], batch)
+    metrics, grads = grads_fn(state["params"], batch)
     params, opt_state, lr = optim.update(state["params"], grads, state["opt_state"], state["step"], hyper,
                                          lr_multipliers, optimizer, muon_dims)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    return new_state, {"train_loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
+    return new_state, {**metrics, "grad_norm": optax.tree.norm(grads), "lr": lr}
 
 
 def _update_args(fns: ModelFns, optimizer: str) -> dict:
@@ -198,9 +217,11 @@ def build_steps(fns: ModelFns, mesh, rules_items: tuple, batch_size: int, grad_a
                 "opt_state": optim.per_param_state(abstract["opt_state"], param_sh, replicated)}
     step_fn = partial(one_step, _grads_fn(fns, mesh, param_sh, batch_size, grad_accum, impl),
                       **_update_args(fns, optimizer))
+    if impl == "jit":
+        step_fn = hinted(step_fn, mesh, rules)
     train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, replicated), out_shardings=(state_sh, replicated),
                          donate_argnums=0)
-    eval_step = jax.jit(partial(next_token_loss, fns), in_shardings=(param_sh, batch_sh), out_shardings=replicated)
+    eval_step = jax.jit(hinted(partial(next_token_loss, fns), mesh, rules), in_shardings=(param_sh, batch_sh), out_shardings=replicated)
     return Steps(fns=fns, mesh=mesh, state_shardings=state_sh, batch_sharding=batch_sh, hyper_sharding=replicated,
                  init_state=jax.jit(init_state, out_shardings=state_sh), train_step=train_step,
                  eval_step=eval_step)
@@ -230,6 +251,7 @@ def build_packed_chunk_step(fns: ModelFns, mesh, rules_items: tuple, batch_size:
     steps = build_steps(fns, mesh, rules_items, batch_size, grad_accum, "jit", optimizer)
     step_fn = partial(one_step, _grads_fn(fns, mesh, steps.state_shardings["params"], batch_size, grad_accum, "jit"),
                       **_update_args(fns, optimizer))
+    step_fn = hinted(step_fn, mesh, dict(rules_items))
     stacked_state = jax.tree.map(lambda s: stacked_sharding(s, members), steps.state_shardings)
     batches = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, *steps.batch_sharding.spec))
     per_member = stacked_sharding(steps.hyper_sharding, members)

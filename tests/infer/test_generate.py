@@ -53,11 +53,11 @@ DECODE_PROMPTS = [[EOS, 5, 9], [EOS, 1, 2, 3, 4, 5, 6, 7, 8, 9], [EOS, 40, 41, 4
 DECODE_NEW, DECODE_CONTEXT = 48, 64
 
 
-def random_model(n_heads, n_kv_heads, tied, parametrization, compute_dtype, attention, std=0.2):
+def random_model(n_heads, n_kv_heads, tied, parametrization, compute_dtype, attention, std=0.2, **moe):
     spec = ModelSpec.build(seq_len=DECODE_CONTEXT, d_model=32, n_layers=2, n_heads=n_heads, n_kv_heads=n_kv_heads,
                            d_ff=64, vocab=VOCAB, head_dim=32 // n_heads, tied_embeddings=tied,
                            parametrization=parametrization, mup_base_width=16, compute_dtype=compute_dtype,
-                           attention=attention)
+                           attention=attention, **moe)
     fns = ModelFns(spec)
     rng = np.random.default_rng(1)
 
@@ -115,6 +115,19 @@ def test_cached_decoding_computes_what_the_full_forward_computes(case):
     *model, rtol = DECODE_CASES[case]
     fns, params = random_model(*model)
     assert_decoding_matches_the_full_forward(fns, params, DECODE_PROMPTS, rtol)
+
+
+@pytest.mark.parametrize("dispatch, factor", [("capacity", 0.5), ("dropless", 1.0)])
+def test_cached_decoding_of_a_mixture_of_experts_computes_what_the_full_forward_computes(dispatch, factor):
+    """Capacity 0.5 drops assignments in the full forward pass; the cache counts each expert's
+    claimed slots per position, so a decoded token is dropped exactly when the forward drops it."""
+    moe = dict(experts=4, top_k=2, d_expert=16, moe_every=1, moe_dispatch=dispatch, capacity_factor=factor)
+    fns, params = random_model(2, 2, False, "standard", "float32", "xla", **moe)
+    if dispatch == "capacity":
+        stats: list = []
+        fns.apply(params, jnp.asarray(np.arange(DECODE_CONTEXT)[None] % KNOWN, jnp.int32), moe_stats=stats)
+        assert float(stats[0]["dropped"]) > 0
+    assert_decoding_matches_the_full_forward(fns, params, DECODE_PROMPTS, 1e-4)
 
 
 def test_cached_decoding_of_an_imported_hugging_face_model(tmp_path):

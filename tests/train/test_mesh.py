@@ -17,8 +17,8 @@ BATCH, SEQ, STEPS = 8, 16, 20
 RULES = OmegaConf.to_container(OmegaConf.structured(MeshConfig).rules)
 
 
-def mesh_cfg(data, fsdp, tensor):
-    return OmegaConf.create({"data": data, "fsdp": fsdp, "tensor": tensor})
+def mesh_cfg(data, fsdp, tensor, expert=1):
+    return OmegaConf.create({"data": data, "fsdp": fsdp, "tensor": tensor, "expert": expert})
 
 
 def batches():
@@ -29,8 +29,8 @@ def batches():
             for _ in range(STEPS)]
 
 
-def train_losses(data, fsdp, tensor, impl="jit", grad_accum=1, devices=None, batch=BATCH, spec=SPEC):
-    mesh = meshlib.make_mesh(mesh_cfg(data, fsdp, tensor), devices)
+def train_losses(data, fsdp, tensor, impl="jit", grad_accum=1, devices=None, batch=BATCH, spec=SPEC, expert=1):
+    mesh = meshlib.make_mesh(mesh_cfg(data, fsdp, tensor, expert), devices)
     hyper = optim.hyper_of(OmegaConf.structured(OptimizerConfig(lr=1e-2)), OmegaConf.structured(ScheduleConfig), STEPS)
     steps = build_steps(ModelFns(spec), mesh, rules_key(RULES), batch, grad_accum, impl=impl)
     hyper = jax.device_put(hyper.as_input(), steps.hyper_sharding)
@@ -96,3 +96,33 @@ def test_indivisible_dimensions_name_the_axis():
         train_losses(8, 1, 1, batch=4)
     with pytest.raises(ConfigError, match=r"^mesh.impl"):
         train_losses(2, 1, 4, impl="shard_map")
+
+
+MOE_SPEC = SPEC.replace(experts=8, top_k=2, d_expert=32, seq_len=SEQ)
+
+
+@pytest.fixture(scope="module")
+def moe_reference():
+    return train_losses(1, 1, 1, devices=jax.devices()[:1], spec=MOE_SPEC)[0]
+
+
+@pytest.mark.parametrize("data, fsdp", [(2, 1), (1, 2)])
+def test_expert_parallel_moe_matches_one_device(moe_reference, data, fsdp):
+    """Experts split 4 ways (tokens sent to their experts' devices and back), with data or FSDP of 2."""
+    losses, state = train_losses(data, fsdp, 1, spec=MOE_SPEC, expert=4)
+    assert moe_reference[-1] < moe_reference[0] - 1.0
+    np.testing.assert_allclose(losses, moe_reference, rtol=1e-5)
+    w_up = state["params"]["blocks"]["0"]["mlp"]["w_up"]
+    assert w_up.sharding.shard_shape(w_up.shape)[0] == 8 // 4  # each device holds 2 of the 8 experts
+    text = state_step_text(data, fsdp)
+    assert "all-to-all" in text  # tokens travel to their experts, not the experts to the tokens
+
+
+def state_step_text(data, fsdp) -> str:
+    """The optimized HLO of the expert-parallel step (what collectives move the tokens)."""
+    mesh = meshlib.make_mesh(mesh_cfg(data, fsdp, 1, 4))
+    steps = build_steps(ModelFns(MOE_SPEC), mesh, rules_key(RULES), BATCH, 1)
+    hyper = optim.hyper_of(OmegaConf.structured(OptimizerConfig(lr=1e-2)), OmegaConf.structured(ScheduleConfig), STEPS)
+    state = jax.eval_shape(steps.init_state, 0)
+    batch = jax.ShapeDtypeStruct((BATCH, SEQ + 1), np.int32)
+    return steps.train_step.lower(state, batch, hyper.as_input()).compile().as_text()

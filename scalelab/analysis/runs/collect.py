@@ -40,7 +40,7 @@ RUN_COLUMNS = ("sweep", "run_dir", "status", "model", "params", "params_total", 
 STUDY_COLUMNS = {"lr": "optimizer.lr", "seed": "train.seed", "batch_size": "train.batch_size",
                  "seq_len": "data.seq_len", "schedule": "schedule.name", "warmup": "schedule.warmup"}
 # run facts copied from summary.json when present (packed_with becomes its group's size)
-SUMMARY_COLUMNS = ("mfu", "wall_seconds", "packed_with")
+SUMMARY_COLUMNS = ("mfu", "wall_seconds", "packed_with", "params_active", "experts", "top_k")
 # config keys the table already has under another name
 COVERED_KEYS = frozenset({"model.name", "data.tokens", "budget", *STUDY_COLUMNS.values()})
 CONFIG = "_config"   # a row's flattened config while collecting; not a column of the result
