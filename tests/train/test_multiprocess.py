@@ -56,14 +56,20 @@ def wait_pair(procs, timeout=600):
             p.wait()
 
 
+# an MoE whose 4 experts are split over the 4 devices of both processes (tokens cross processes)
+EXPERT_PARALLEL = ["model.moe.experts=4", "model.moe.top_k=2", "mesh.expert=4", "mesh.data=1"]
+
+
 @pytest.mark.slow
-def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
+@pytest.mark.parametrize("extra", [[], EXPERT_PARALLEL], ids=["dense", "moe-expert-parallel"])
+def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, extra):
     single = tmp_path / "single"
-    proc = subprocess.run(command(single), cwd=REPO, env=env_with(4), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command(single, *extra), cwd=REPO, env=env_with(4), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr
 
     multi = tmp_path / "multi"
-    procs = start_pair(multi)
+    procs = start_pair(multi, *extra)
     outputs = wait_pair(procs)
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
 
