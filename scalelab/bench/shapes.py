@@ -38,11 +38,18 @@ LONG_SEQUENCE = dataclasses.replace(LONG_SEQUENCE, name="p1m-seq1024")
 # A GPT-2-small-sized model for accelerators: 85M non-embedding parameters, SwiGLU, vocabulary
 # 50,304, sequence 1024 (the default shapes on GPU/TPU).
 GPU_125M = BenchShape.of("gpu-125m", d_model=768, n_layers=12, n_heads=12, d_ff=2048, vocab=50304, seq_len=1024)
-NAMED = {s.name: s for s in (REFERENCE, LONG_SEQUENCE, GPU_125M)}
+# Mixture-of-experts twins of the reference and GPU shapes: 8 experts as wide as the dense MLP,
+# top-1 (Switch routing) with the default capacity dispatch, so that their active FLOPs are the
+# dense shape's plus the router's: `scalelab bench` prints each beside its dense twin.
+REFERENCE_MOE = BenchShape.of("reference-moe8", d_model=256, n_layers=4, n_heads=4, d_ff=683, experts=8, top_k=1)
+GPU_125M_MOE = BenchShape.of("gpu-125m-moe8", d_model=768, n_layers=12, n_heads=12, d_ff=2048, vocab=50304,
+                             seq_len=1024, experts=8, top_k=1)
+MOE_TWINS = {REFERENCE_MOE.name: REFERENCE.name, GPU_125M_MOE.name: GPU_125M.name}
+NAMED = {s.name: s for s in (REFERENCE, LONG_SEQUENCE, GPU_125M, REFERENCE_MOE, GPU_125M_MOE)}
 
 
 def by_name(name: str) -> BenchShape:
-    """A named shape (reference, p1m-seq1024, gpu-125m) or any ladder size (p1m, p3m, ...)."""
+    """A named shape (reference, p1m-seq1024, gpu-125m, their -moe8 twins) or any ladder size (p1m, p3m, ...)."""
     if name in NAMED:
         return NAMED[name]
     if name in ladder.WIDTH_DEPTH:

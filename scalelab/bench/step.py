@@ -17,7 +17,16 @@ import jax
 import numpy as np
 
 from scalelab import ledger
-from scalelab.bench.shapes import CPU_LADDER, GPU_125M, LONG_SEQUENCE, REFERENCE, BenchShape
+from scalelab.bench.shapes import (
+    CPU_LADDER,
+    GPU_125M,
+    GPU_125M_MOE,
+    LONG_SEQUENCE,
+    MOE_TWINS,
+    REFERENCE,
+    REFERENCE_MOE,
+    BenchShape,
+)
 from scalelab.config import DataConfig, MeshConfig, OptimizerConfig, ScheduleConfig
 from scalelab.model.functional import model_fns
 from scalelab.model.transformer import ModelSpec, resolve_attention
@@ -29,8 +38,22 @@ from scalelab.train.step import auto_grad_accum, build_steps, rules_key
 
 def default_shapes() -> list[BenchShape]:
     if jax.default_backend() != "cpu":
-        return [GPU_125M, REFERENCE]
-    return [REFERENCE] + [BenchShape.from_ladder(n) for n in CPU_LADDER] + [LONG_SEQUENCE]
+        return [GPU_125M, GPU_125M_MOE, REFERENCE]
+    return [REFERENCE, REFERENCE_MOE] + [BenchShape.from_ladder(n) for n in CPU_LADDER] + [LONG_SEQUENCE]
+
+
+def moe_lines(rows: list[dict]) -> list[str]:
+    """Each MoE shape's speed beside its dense twin's (same active FLOPs per token but the router's)."""
+    by_name = {r["name"]: r for r in rows}
+    lines = []
+    for moe_name, dense_name in MOE_TWINS.items():
+        if moe_name in by_name and dense_name in by_name:
+            m, d = by_name[moe_name], by_name[dense_name]
+            lines.append(f"{moe_name} against {dense_name}: {m['tokens_per_second']:,.0f} vs "
+                         f"{d['tokens_per_second']:,.0f} tokens/s ({m['tokens_per_second'] / d['tokens_per_second']:.2f}x), "
+                         f"MFU (active FLOPs) {m['mfu']:.1%} vs {d['mfu']:.1%}, "
+                         f"{m['params_total'] / d['params_total']:.1f}x the parameters")
+    return lines
 
 
 def build_bench_steps(case: BenchShape, precision: str, grad_accum: int, attention: str):
@@ -80,6 +103,7 @@ def bench_shape(case: BenchShape, precision: str = "fp32", grad_accum: int = 0, 
         "name": case.name, **dataclasses.asdict(shape), "batch_size": case.batch_size, "precision": precision,
         "attention": spec.attention, "grad_accum": grad_accum, "devices": jax.device_count(),
         "mesh": dict(mesh.shape), "params": ledger.non_embedding_params(shape),
+        "params_total": ledger.total_params(shape),
         "compile_seconds": compile_seconds, "step_seconds": step_seconds,
         "step_seconds_min": min(times), "tokens_per_second": tokens_per_second,
         "flops_per_token": fpt, "model_flops_per_second": fpt * tokens_per_second,

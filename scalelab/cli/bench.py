@@ -35,16 +35,15 @@ def _bench(args) -> int:
         return _against(args)
     import jax
 
+    from scalelab.bench.shapes import NAMED
     from scalelab.bench.step import (
-        GPU_125M,
-        LONG_SEQUENCE,
-        REFERENCE,
         BenchShape,
         bench_compile_cache,
         bench_data,
         bench_overhead,
         bench_shape,
         default_shapes,
+        moe_lines,
     )
     from scalelab.model import ladder
     from scalelab.runtime import hardware
@@ -60,7 +59,7 @@ def _bench(args) -> int:
     shapes = default_shapes()
     if args.shapes:
         wanted = set(args.shapes.split(","))
-        shapes = [s for s in [REFERENCE, GPU_125M, LONG_SEQUENCE, *shapes] if s.name in wanted]
+        shapes = [s for s in [*NAMED.values(), *shapes] if s.name in wanted]
         shapes = list({s.name: s for s in shapes}.values()) + [
             BenchShape.from_ladder(n) for n in wanted if n in ladder.WIDTH_DEPTH and n not in {s.name for s in shapes}
         ]
@@ -72,6 +71,8 @@ def _bench(args) -> int:
     for shape in shapes:
         rows.append(bench_shape(shape, args.precision, args.grad_accum, args.steps))
         print(format_table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else format_table(rows), flush=True)
+    for line in moe_lines(rows):
+        print(line, flush=True)
     extras = {}
     if not args.no_extras:
         fastest = max(r["tokens_per_second"] for r in rows)

@@ -15,9 +15,11 @@ def add_parser(subparsers) -> None:
     export = subparsers.add_parser("export", help="write a checkpoint in another framework's format")
     sub = export.add_subparsers(dest="export_command", required=True)
     p = sub.add_parser(
-        "hf", help="a Hugging Face LlamaForCausalLM directory (config.json, safetensors, tokenizer)",
+        "hf", help="a Hugging Face LlamaForCausalLM (MoE: MixtralForCausalLM) directory (config.json, "
+                   "safetensors, tokenizer)",
         description="Write a run's newest checkpoint (or one checkpoint step dir) as a Hugging Face "
-                    "LlamaForCausalLM directory that transformers loads with from_pretrained.",
+                    "LlamaForCausalLM directory (an MoE model: MixtralForCausalLM) that transformers loads "
+                    "with from_pretrained.",
     )
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run dir (newest checkpoint) or a step dir")
     common.add_out(p, "the directory to write")
@@ -34,7 +36,13 @@ def export_hf_main(args) -> int:
                         max_positions=int(model.config.data.seq_len), overwrite=args.overwrite)
     spec = model.fns.spec
     print(f"wrote {args.out}: {', '.join(p.name for p in written)}")
-    print(f"  LlamaForCausalLM, {spec.n_layers} layers x d_model {spec.d_model}, vocab {spec.vocab} "
+    kind = f"MixtralForCausalLM ({spec.shape.experts} experts, top {spec.shape.top_k})" if spec.shape.experts \
+        else "LlamaForCausalLM"
+    print(f"  {kind}, {spec.n_layers} layers x d_model {spec.d_model}, vocab {spec.vocab} "
           f"({model.tokenizer.kind} tokenizer, {model.tokenizer.vocab_size} ids)")
     print(f"  load it with: transformers.AutoModelForCausalLM.from_pretrained({str(args.out)!r})")
+    if spec.shape.experts and spec.moe_dispatch == "capacity":
+        print(f"  note: trained with capacity dispatch (factor {spec.capacity_factor}); Mixtral computes every "
+              "assignment, so its logits equal scalelab's only where this model drops none (moe_dropped/* in "
+              "metrics.jsonl: how often it did in training)")
     return 0

@@ -196,3 +196,34 @@ def test_weights_that_do_not_map_are_refused_naming_the_tensor(tmp_path):
     (src / "model.safetensors").rename(src / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="safe_serialization"):
         hfc.load_hf(src)
+
+
+def tiny_moe_spec(dispatch: str = "dropless", **fields) -> ModelSpec:
+    return tiny_spec(2, False).replace(experts=4, top_k=2, d_expert=24, moe_dispatch=dispatch, **fields)
+
+
+@pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
+def test_an_moe_model_exports_as_mixtral_with_scalelab_logits_and_round_trips(tmp_path, dispatch):
+    """Capacity at factor E/top_k (C = seq_len: nothing can drop) computes what Mixtral (dropless) does."""
+    fns = ModelFns(tiny_moe_spec(dispatch, capacity_factor=2.0))
+    params = sharp_params(fns, seed=3)
+    hfc.export_hf(tmp_path, fns.spec, params)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["MixtralForCausalLM"] and config["num_local_experts"] == 4
+    ids = tokens(fns.spec.vocab)
+    ours, theirs = scalelab_logits(fns, params, ids), hf_logits(tmp_path, ids)
+    assert np.abs(ours - theirs).max() <= TOL and np.abs(ours).max() > 1.0
+    imported, imported_params, _ = hfc.load_hf(tmp_path)
+    assert imported["moe"] == {"experts": 4, "top_k": 2, "every": 1, "shared_experts": 0, "d_expert": 24,
+                               "dispatch": "dropless"}
+    back = ModelFns(hf.model_spec(imported, seq_len=16, attention="xla"))
+    assert np.array_equal(np.asarray(imported_params["blocks"]["1"]["mlp"]["w_down"]),
+                          np.asarray(params["blocks"]["1"]["mlp"]["w_down"]))
+    assert np.abs(scalelab_logits(back, imported_params, ids) - ours).max() <= 1e-6
+
+
+def test_moe_shapes_mixtral_lacks_are_refused_naming_the_key():
+    with pytest.raises(hf.HFConfigError, match="^model.moe.every"):
+        hf.hf_config(tiny_moe_spec(moe_every=2))
+    with pytest.raises(hf.HFConfigError, match="^model.moe.shared_experts"):
+        hf.hf_config(tiny_moe_spec(shared_experts=1))

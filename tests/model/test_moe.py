@@ -146,3 +146,12 @@ def test_bad_moe_configs_fail_before_compilation_naming_the_key(override, key):
 def test_a_dense_model_refuses_an_expert_axis():
     with pytest.raises(ConfigError, match="^mesh.expert"):
         validate(compose_config([*TINY, "mesh.expert=2"]))
+
+
+def test_muon_orthogonalises_each_expert_as_its_own_matrix():
+    from scalelab.train.optim import muon_dims
+
+    dims = muon_dims(ModelFns(ModelSpec.build(seq_len=T, **MOE)).logical_axes)["blocks"]["0"]["mlp"]
+    assert (dims["w_gate"].reduction_axis, dims["w_gate"].output_axis) == ((1,), (2,))  # D in, F out; E a batch
+    assert (dims["w_down"].reduction_axis, dims["w_down"].output_axis) == ((1,), (2,))  # F in, D out
+    assert (dims["router"].reduction_axis, dims["router"].output_axis) == ((0,), (1,))

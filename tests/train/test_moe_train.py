@@ -75,3 +75,22 @@ def test_kill9_of_an_moe_run_resumes_bitwise_each_step_logged_once(tmp_path):
     assert read_summary(run_dir)["resumed_from"]
     assert steps_logged(run_dir) == list(range(1, 41))
     assert losses(run_dir) == losses(reference)
+
+
+def test_an_expert_parallel_checkpoint_resumes_on_a_mesh_without_an_expert_axis(tmp_path):
+    import json
+    import shutil
+
+    overrides = TINY + MOE + ["checkpoint.every=6", "checkpoint.keep=5"]
+    full = tmp_path / "expert4"
+    run(compose_config(overrides + ["mesh.expert=4", "mesh.data=2"]), full)
+    resumed = tmp_path / "data8"
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "12")
+    summary = json.loads((resumed / "summary.json").read_text())
+    (resumed / "summary.json").write_text(json.dumps({**summary, "status": "preempted"}))
+    run(compose_config(overrides + ["mesh.expert=1", "mesh.data=8"]), resumed)
+    assert read_summary(resumed)["resumed_from"] == [6]
+    reference, got = losses(full), losses(resumed)
+    for step in range(7, 13):
+        assert got[step] == pytest.approx(reference[step], rel=1e-5), step

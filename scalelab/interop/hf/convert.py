@@ -1,4 +1,5 @@
-"""scalelab models in the Hugging Face Llama format (`LlamaForCausalLM`), and back.
+"""scalelab models in the Hugging Face Llama format (`LlamaForCausalLM`), and back; MoE models
+in the Mixtral format (`MixtralForCausalLM`).
 
 A Hugging Face model directory holds config.json, the weights as model.safetensors (or shards
 listed in model.safetensors.index.json) and the tokenizer files (`scalelab.data.tokenizer_files`).
@@ -15,6 +16,15 @@ attention without biases, a SwiGLU MLP, tied or untied output. The conversion he
   blocks.i.attn_norm / mlp_norm      ...input_layernorm / post_attention_layernorm
   final_norm.scale                   model.norm.weight
   lm_head           DxV              lm_head.weight VxD (absent when tied)
+
+An MoE model (every block an MoE layer, no shared experts: Mixtral's architecture) maps its MLP to
+Mixtral's `block_sparse_moe` (the checkpoint layout on the Hub, which transformers 4.x loads as it
+is and 5.x fuses on loading): `router` DxE -> `gate.weight` ExD, and expert j's `w_gate[j]`,
+`w_down[j]`, `w_up[j]` -> `experts.j.w1`, `w2`, `w3` (FxD, DxF, FxD). Mixtral routes as scalelab
+does (softmax, top-k, renormalised) and computes every assignment, which is scalelab's dropless
+dispatch; a capacity-trained model exports as it is, and HF's logits equal scalelab's wherever no
+assignment was dropped (`moe.capacity_factor` large enough, or short inputs). Import reads both
+the Hub layout and the fused one (`mlp.experts.gate_up_proj`, `down_proj`) and imports dropless.
 
 The q and k weights need no permutation: scalelab rotates the two halves of each head
 (`apply_rotary`: [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the first and second half), which
@@ -42,7 +52,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 ARCHITECTURE = "LlamaForCausalLM"
-MODEL_TYPES = ("llama",)
+MOE_ARCHITECTURE = "MixtralForCausalLM"
+MODEL_TYPES = ("llama", "mixtral")
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -70,12 +81,12 @@ def hf_config(spec, max_positions: int = 2048, eos_id: int | None = None, bos_id
         raise HFConfigError("num_attention_heads", f"transformers' LlamaConfig needs hidden_size={spec.d_model} to "
                                                    f"be a multiple of num_attention_heads={spec.n_heads}")
     theta = float(spec.rope_theta)
-    return {
-        "architectures": [ARCHITECTURE],
-        "model_type": "llama",
+    return _moe_fields(spec) | {
+        "architectures": [MOE_ARCHITECTURE if _experts(spec) else ARCHITECTURE],
+        "model_type": "mixtral" if _experts(spec) else "llama",
         "vocab_size": int(spec.vocab),  # the padded vocabulary: the embedding's rows
         "hidden_size": int(spec.d_model),
-        "intermediate_size": int(spec.d_ff),
+        "intermediate_size": int(spec.shape.d_expert if _experts(spec) else spec.d_ff),
         "num_hidden_layers": int(spec.n_layers),
         "num_attention_heads": int(spec.n_heads),
         "num_key_value_heads": int(spec.n_kv_heads),
@@ -100,6 +111,26 @@ def hf_config(spec, max_positions: int = 2048, eos_id: int | None = None, bos_id
     }
 
 
+def _experts(spec) -> int:
+    shape = getattr(spec, "shape", None)
+    return getattr(shape, "experts", 0) if shape is not None else 0
+
+
+def _moe_fields(spec) -> dict:
+    """Mixtral's config fields of an MoE spec (nothing for a dense one); what Mixtral lacks is refused."""
+    if not _experts(spec):
+        return {}
+    s = spec.shape
+    if s.moe_every != 1:
+        raise HFConfigError("model.moe.every", f"Mixtral makes every block an MoE layer; got every={s.moe_every}")
+    if s.shared_experts:
+        raise HFConfigError("model.moe.shared_experts", "Mixtral has no shared experts; got "
+                                                        f"{s.shared_experts}")
+    return {"num_local_experts": int(s.experts), "num_experts_per_tok": int(s.top_k),
+            "router_aux_loss_coef": float(getattr(spec, "moe_aux_loss", 0.01)), "output_router_logits": False,
+            "router_jitter_noise": 0.0, "sliding_window": None}
+
+
 def _int_field(hf: dict, name: str, default=None) -> int:
     """A positive integer field; absent or null takes `default` (LlamaConfig's), if there is one."""
     value = default if hf.get(name) is None else hf[name]
@@ -116,9 +147,12 @@ def _check_supported(hf: dict) -> None:
         raise HFConfigError("model_type", "missing from config.json (scalelab reads model_type=llama)")
     if hf["model_type"] not in MODEL_TYPES:
         raise HFConfigError("model_type", f"scalelab reads {', '.join(MODEL_TYPES)} models; got {hf['model_type']!r}")
-    architectures = hf.get("architectures") or [ARCHITECTURE]
-    if ARCHITECTURE not in architectures:
-        raise HFConfigError("architectures", f"needs {ARCHITECTURE} (a language-model head); got {architectures}")
+    wanted = MOE_ARCHITECTURE if hf["model_type"] == "mixtral" else ARCHITECTURE
+    architectures = hf.get("architectures") or [wanted]
+    if wanted not in architectures:
+        raise HFConfigError("architectures", f"needs {wanted} (a language-model head); got {architectures}")
+    if hf["model_type"] == "mixtral" and hf.get("sliding_window"):
+        raise HFConfigError("sliding_window", f"scalelab attends to the whole context; got {hf['sliding_window']}")
     if hf.get("hidden_act", "silu") not in ("silu", "swish"):
         raise HFConfigError("hidden_act", f"scalelab's MLP is SwiGLU (silu); got {hf['hidden_act']!r}")
     for name in ("attention_bias", "mlp_bias"):
@@ -155,7 +189,13 @@ def model_config(hf: dict) -> dict:
     if head_dim % 2:
         raise HFConfigError("head_dim", f"must be even for rotary embeddings; got {head_dim}")
     rope = hf.get("rope_parameters") or {}
-    return {
+    moe = {}
+    if hf["model_type"] == "mixtral":
+        experts = _int_field(hf, "num_local_experts", 8)
+        moe = {"moe": {"experts": experts, "top_k": _int_field(hf, "num_experts_per_tok", 2), "every": 1,
+                       "shared_experts": 0, "d_expert": _int_field(hf, "intermediate_size"),
+                       "dispatch": "dropless"}}
+    return moe | {
         "d_model": d_model,
         "n_layers": _int_field(hf, "num_hidden_layers"),
         "n_heads": n_heads,
@@ -186,6 +226,11 @@ def model_spec(config: dict, seq_len: int = 2048, **compute):
     arch = {k: config[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab", "head_dim",
                                    "tied_embeddings")}
     rest = {k: config[k] for k in ("rope_theta", "norm_eps", "init_std", "param_dtype") if k in config}
+    moe = config.get("moe") or {}
+    if moe.get("experts"):
+        arch |= {"experts": moe["experts"], "top_k": moe["top_k"], "d_expert": moe["d_expert"],
+                 "shared_experts": moe.get("shared_experts", 0), "moe_every": moe.get("every", 1)}
+        rest |= {"moe_dispatch": moe.get("dispatch", "dropless")}
     return ModelSpec.build(seq_len=seq_len, **arch, **rest, **compute)
 
 
@@ -201,14 +246,20 @@ def _block_to_hf(block: dict, D: int, N: int, K: int, H: int) -> dict:
     attn, mlp = block["attn"], block["mlp"]
     wq_DxNxH, wk_DxKxH = _array(attn["wq"]), _array(attn["wk"])
     wv_DxKxH, wo_NxHxD = _array(attn["wv"]), _array(attn["wo"])
-    return {
+    if "router" in mlp:  # Mixtral's block_sparse_moe
+        mlp_state = {"block_sparse_moe.gate.weight": _array(mlp["router"]).T}
+        for j, (gate_DxF, up_DxF, down_FxD) in enumerate(zip(*(_array(mlp[k]) for k in ("w_gate", "w_up", "w_down")))):
+            mlp_state |= {f"block_sparse_moe.experts.{j}.w1.weight": gate_DxF.T,
+                          f"block_sparse_moe.experts.{j}.w2.weight": down_FxD.T,
+                          f"block_sparse_moe.experts.{j}.w3.weight": up_DxF.T}
+    else:
+        mlp_state = {"mlp.gate_proj.weight": _array(mlp["w_gate"]).T, "mlp.up_proj.weight": _array(mlp["w_up"]).T,
+                     "mlp.down_proj.weight": _array(mlp["w_down"]).T}
+    return mlp_state | {
         "self_attn.q_proj.weight": wq_DxNxH.reshape(D, N * H).T,
         "self_attn.k_proj.weight": wk_DxKxH.reshape(D, K * H).T,
         "self_attn.v_proj.weight": wv_DxKxH.reshape(D, K * H).T,
         "self_attn.o_proj.weight": wo_NxHxD.reshape(N * H, D).T,
-        "mlp.gate_proj.weight": _array(mlp["w_gate"]).T,
-        "mlp.up_proj.weight": _array(mlp["w_up"]).T,
-        "mlp.down_proj.weight": _array(mlp["w_down"]).T,
         "input_layernorm.weight": _array(block["attn_norm"]["scale"]),
         "post_attention_layernorm.weight": _array(block["mlp_norm"]["scale"]),
     }
@@ -254,13 +305,29 @@ def _block_from_hf(state: dict, prefix: str, config: dict) -> dict:
             "wo": take("self_attn.o_proj.weight", (D, N * H)).T.reshape(N, H, D),
         },
         "attn_norm": {"scale": take("input_layernorm.weight", (D,))},
-        "mlp": {
+        "mlp": _moe_from_hf(state, prefix, config) if (config.get("moe") or {}).get("experts") else {
             "w_gate": take("mlp.gate_proj.weight", (F, D)).T,
             "w_up": take("mlp.up_proj.weight", (F, D)).T,
             "w_down": take("mlp.down_proj.weight", (D, F)).T,
         },
         "mlp_norm": {"scale": take("post_attention_layernorm.weight", (D,))},
     }
+
+
+def _moe_from_hf(state: dict, prefix: str, config: dict) -> dict:
+    """A Mixtral MLP's parameters, from the Hub layout (experts.j.w1/w2/w3) or the fused one."""
+    D, E, F = config["d_model"], config["moe"]["experts"], config["moe"]["d_expert"]
+    take = lambda name, shape: _take(state, prefix + name, shape)
+    if prefix + "mlp.experts.gate_up_proj" in state:  # transformers 5.x's own save_pretrained
+        gate_up_Ex2FxD = take("mlp.experts.gate_up_proj", (E, 2 * F, D))
+        return {"router": take("mlp.gate.weight", (E, D)).T,
+                "w_gate": gate_up_Ex2FxD[:, :F].transpose(0, 2, 1), "w_up": gate_up_Ex2FxD[:, F:].transpose(0, 2, 1),
+                "w_down": take("mlp.experts.down_proj", (E, D, F)).transpose(0, 2, 1)}
+    expert = lambda j, w, shape: take(f"block_sparse_moe.experts.{j}.{w}.weight", shape).T
+    return {"router": take("block_sparse_moe.gate.weight", (E, D)).T,
+            "w_gate": np.stack([expert(j, "w1", (F, D)) for j in range(E)]),
+            "w_up": np.stack([expert(j, "w3", (F, D)) for j in range(E)]),
+            "w_down": np.stack([expert(j, "w2", (D, F)) for j in range(E)])}
 
 
 def from_hf_state(state: dict[str, np.ndarray], config: dict) -> dict:

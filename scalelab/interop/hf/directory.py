@@ -47,7 +47,7 @@ class HFModel(NamedTuple):
 
 def export_hf(out: str | Path, spec, params: dict, tokenizer=None, max_positions: int = 2048,
               overwrite: bool = False) -> list[Path]:
-    """Write a `LlamaForCausalLM` directory: config.json, model.safetensors and, given a scalelab
+    """Write a `LlamaForCausalLM` (an MoE model: `MixtralForCausalLM`) directory: config.json, model.safetensors and, given a scalelab
     tokenizer, its tokenizer files. Returns the files written."""
     out = Path(out)
     names = [CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, *(hf_tokenizer.FILES if tokenizer is not None else ())]
