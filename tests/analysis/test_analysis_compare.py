@@ -66,3 +66,18 @@ def test_compare_approach2_with_bootstrap_intervals():
     assert low < SCALE ** 2 < high
     assert 3.0 < row["multiplier"] < 5.5
     assert any("paired bootstrap" in note for note in result.notes)
+
+
+def test_sides_fitted_with_different_law_forms_compare_allocation_and_frontiers_only():
+    """`report --law auto` chooses each study's form from its own runs; the comparison then compares
+    what both forms have (a, b, the frontiers) and says why it leaves their own exponents out."""
+    from scalelab.analysis.decide.compare import compare_fits
+    from scalelab.analysis.fitting.approaches import fit
+
+    grid = (np.logspace(7, 10, 6), np.logspace(8.5, 11.5, 6))
+    fit_a = fit(sy.grid_runs(LAW_A, *grid, noise=0.0), approach="3", law="chinchilla", n_starts=100)
+    fit_b = fit(sy.grid_runs(LAW_B, *grid, noise=0.0), approach="3", law="kaplan-e", n_starts=100)
+    result = compare_fits(fit_a, fit_b, ("dense", "moe"), budgets=[1e19])
+    assert set(result.differences) == {"a", "b"}
+    assert any("law forms differ (dense: chinchilla, moe: kaplan-e" in note for note in result.notes)
+    assert math.isfinite(result.multipliers[0]["multiplier"])

@@ -109,9 +109,15 @@ def compare_fits(fit_a: FitResult, fit_b: FitResult, names=("A", "B"), budgets=(
         result.message = "; ".join(f"{n}: {f.message}" for n, f in zip(names, (fit_a, fit_b), strict=True) if not f.converged)
         return result
     pairs = list(zip(fit_a.samples, fit_b.samples, strict=False))   # failed resamples shorten a side
+    summary_a, summary_b = fit_a.summary(), fit_b.summary()
     keys = EXPONENTS + (APPROACH3_EXPONENTS if approach == "3" else ())
-    for key in keys:
-        value_a, value_b = fit_a.summary()[key], fit_b.summary()[key]
+    laws = [((f.details or {}).get("law") or {}).get("name", "chinchilla") for f in (fit_a, fit_b)]
+    if laws[0] != laws[1]:  # `--law auto` chose each side's form: their own parameters are not comparable
+        result.notes.append(f"the sides' law forms differ ({names[0]}: {laws[0]}, {names[1]}: {laws[1]}, each "
+                            "chosen by its own runs): only a, b and the frontiers L(C) are compared")
+        keys = EXPONENTS
+    for key in (k for k in keys if k in summary_a and k in summary_b):
+        value_a, value_b = summary_a[key], summary_b[key]
         entry = {names[0]: value_a, names[1]: value_b, "difference": value_b - value_a}
         if pairs:
             entry["ci"] = percentile_interval([sb[key] - sa[key] for sa, sb in pairs])
