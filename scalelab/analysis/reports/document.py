@@ -16,7 +16,7 @@ from scalelab.analysis.reports.tables import (
     table,
     with_ci,
 )
-from scalelab.analysis.result import APPROACH_NAMES, FitResult
+from scalelab.analysis.result import FitResult
 from scalelab.analysis.runs.table import INCLUDED_STATUS
 from scalelab.analysis.verdict import ALLOCATION_RANGE, COEFFICIENT_LIMIT, DETERMINED, MIN_FITTED_FRACTION
 
@@ -234,7 +234,8 @@ def _comparison_section(comparisons, comparison_figures) -> list[str]:
     lines = ["## Comparison", ""]
     for cmp in comparisons:
         a, b = cmp.names
-        lines += [f"### {b} vs {a} ({APPROACH_NAMES[cmp.approach]})", ""]
+        titles = {cmp.fit_a.title, cmp.fit_b.title}  # the law form of each side (`--law auto` may differ)
+        lines += [f"### {b} vs {a} ({' / '.join(sorted(titles))})", ""]
         if not cmp.converged:
             lines += [f"Not compared: {cmp.message}", ""]
             continue
