@@ -47,6 +47,10 @@ class IsoFlopSweeperConf:
     # extra sweep overrides, as the basic sweeper's params ({key: "v1,v2"}). Typed Any: OmegaConf cannot
     # merge `hydra.sweeper.params={train.seed:"0,1"}` from the command line into a null typed dict
     params: Any = None
+    # sweep overrides for single budgets, {budget: {key: "v1,v2"}}: at that budget they replace `params`'
+    # values of the same keys, e.g. {1e12: {train.seed: "0,1,2,3"}} buys more seeds where a fit's
+    # extrapolation leans hardest (the quickstart does)
+    budget_params: Any = None
     # lr factors: each planned run becomes one run per factor x its own lr (optimizer.lr_law or optimizer.lr)
     lr_grid: list[float] = field(default_factory=list)
 
@@ -73,7 +77,7 @@ EXIT_JOBS_FAILED = 1
 class IsoFlopSweeper(Sweeper):
     def __init__(self, budgets, models, tokens_per_param, dry_run=False, tolerance=0.01,
                  flops_per_second=5e9, startup_seconds=20.0, skip_completed=True, jax_cache_dir=None,
-                 max_batch_size=None, params=None, lr_grid=None) -> None:
+                 max_batch_size=None, params=None, lr_grid=None, budget_params=None) -> None:
         super().__init__()
         self.budgets = [float(b) for b in (budgets or [])]
         self.models = [str(m) for m in (models or [])]
@@ -92,6 +96,11 @@ class IsoFlopSweeper(Sweeper):
             raise PlanError(f"hydra.sweeper.params takes a mapping of sweep overrides, e.g. "
                             f"{{train.seed: '0,1'}}; got {params!r}")
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
+        if budget_params is not None and not (hasattr(budget_params, "items")
+                                              and all(hasattr(v, "items") for v in budget_params.values())):
+            raise PlanError(f"hydra.sweeper.budget_params takes {{budget: {{key: 'v1,v2'}}}}, e.g. "
+                            f"{{1e12: {{train.seed: '0,1,2,3'}}}}; got {budget_params!r}")
+        self.budget_params = {float(b): {str(k): str(v) for k, v in p.items()} for b, p in (budget_params or {}).items()}
         self.lr_grid = [float(f) for f in (lr_grid or [])]
         if any(f <= 0 for f in self.lr_grid):
             raise PlanError(f"hydra.sweeper.lr_grid takes positive lr factors, e.g. [0.5,1,2]; got {self.lr_grid}")
@@ -111,13 +120,16 @@ class IsoFlopSweeper(Sweeper):
 
     # -- planning ---------------------------------------------------------------------------
 
-    def _other_combos(self, arguments: list[str]) -> list[list[str]]:
+    def _other_combos(self, arguments: list[str], budget: float | None = None) -> list[list[str]]:
+        """The grid of the sweep's other overrides (`params` and the command line's); at `budget`,
+        with that budget's `budget_params` in place of `params`' values."""
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         from scalelab.sweep.plan import PLANNED_KEYS
 
-        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        params = {**self.params, **self.budget_params.get(budget, {})}
+        lines = [f"{k}={v}" for k, v in params.items()] + list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(lines)
         for o in overrides:
@@ -150,20 +162,10 @@ class IsoFlopSweeper(Sweeper):
             out.append((member, member_cfg))
         return out
 
-    def make_plan(self, combos: list[list[str]]):
-        from hydra._internal.config_loader_impl import get_overrides_dirname
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        from scalelab.config import ConfigError, validate
+    def _plan_grid(self, combos: list[list[str]], budgets: list[float], jobs: list, notes: list) -> None:
+        """Plan `budgets` x models x `combos` into `jobs` ((job, config) pairs) and `notes`."""
         from scalelab.sweep import plan as sweep
 
-        if not self.budgets:
-            raise PlanError("hydra.sweeper.budgets is empty: give compute budgets in FLOPs, e.g. "
-                            "hydra.sweeper.budgets=[1e15,3e15]")
-        if not self.models:
-            raise PlanError("hydra.sweeper.models is empty: give model sizes, e.g. hydra.sweeper.models=[p1m,p3m]")
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        jobs, notes = [], []
         _, varying = sweep.varying_overrides(combos)
         for combo, combo_varying in zip(combos, varying, strict=True):
             for model in self.models:
@@ -176,7 +178,7 @@ class IsoFlopSweeper(Sweeper):
                 except Exception as exc:  # e.g. data=prepared with a data.path that is not a dataset
                     raise PlanError(f"{' '.join([f'model={model}', *combo])}: {exc}") from exc
                 tokens_per_step = int(base.train.batch_size) * int(base.data.seq_len)
-                for budget in self.budgets:
+                for budget in budgets:
                     job, note = sweep.plan_pair(
                         shape, budget, tokens_per_step, model=model, window=self.window,
                         tolerance=self.tolerance, flops_per_second=self.flops_per_second,
@@ -191,6 +193,32 @@ class IsoFlopSweeper(Sweeper):
                         cfg.data.tokens = float(job.tokens)
                         cfg.budget = float(budget)
                     jobs += self._lr_grid(job, cfg, shape)
+
+    def make_plan(self, combos: list[list[str]], budget_combos: dict | None = None):
+        """The plan: every budget x model x combination of the other overrides (`combos`; a budget
+        in `budget_combos` takes its own)."""
+        from hydra._internal.config_loader_impl import get_overrides_dirname
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from scalelab.config import ConfigError, validate
+        from scalelab.sweep import plan as sweep
+
+        if not self.budgets:
+            raise PlanError("hydra.sweeper.budgets is empty: give compute budgets in FLOPs, e.g. "
+                            "hydra.sweeper.budgets=[1e15,3e15]")
+        if not self.models:
+            raise PlanError("hydra.sweeper.models is empty: give model sizes, e.g. hydra.sweeper.models=[p1m,p3m]")
+        budget_combos = budget_combos or {}
+        unknown = [f"{b:g}" for b in budget_combos if b not in self.budgets]
+        if unknown:
+            raise PlanError(f"hydra.sweeper.budget_params names budgets the sweep does not have: "
+                            f"{', '.join(unknown)} (hydra.sweeper.budgets: {', '.join(f'{b:g}' for b in self.budgets)})")
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        jobs, notes = [], []
+        shared = [b for b in self.budgets if b not in budget_combos]
+        for budgets, grid in [(shared, combos), *(([b], c) for b, c in budget_combos.items())]:
+            if budgets:
+                self._plan_grid(grid, budgets, jobs, notes)
         # launch order: by other overrides, then budget, then size
         jobs.sort(key=lambda jc: (jc[0].extra, jc[0].budget, jc[0].params))
         self._job_configs = []
@@ -268,7 +296,7 @@ class IsoFlopSweeper(Sweeper):
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         combos = self._other_combos(arguments)
-        plan = self.make_plan(combos)
+        plan = self.make_plan(combos, {b: self._other_combos(arguments, b) for b in self.budget_params})
         print(sweep.format_plan(plan), flush=True)
         if not plan.jobs:
             raise PlanError(

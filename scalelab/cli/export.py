@@ -36,8 +36,8 @@ def export_hf_main(args) -> int:
                         max_positions=int(model.config.data.seq_len), overwrite=args.overwrite)
     spec = model.fns.spec
     print(f"wrote {args.out}: {', '.join(p.name for p in written)}")
-    kind = f"MixtralForCausalLM ({spec.shape.experts} experts, top {spec.shape.top_k})" if spec.shape.experts \
-        else "LlamaForCausalLM"
+    kind = (f"MixtralForCausalLM ({spec.shape.experts} experts, top {spec.shape.top_k})"
+            if spec.shape.experts else "LlamaForCausalLM")
     print(f"  {kind}, {spec.n_layers} layers x d_model {spec.d_model}, vocab {spec.vocab} "
           f"({model.tokenizer.kind} tokenizer, {model.tokenizer.vocab_size} ids)")
     print(f"  load it with: transformers.AutoModelForCausalLM.from_pretrained({str(args.out)!r})")

@@ -399,3 +399,32 @@ def test_sweeper_params_given_on_the_command_line_with_none_in_the_config(tmp_pa
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(plan_rows(r.stdout)) == 6 and "train.seed=1" in r.stdout
+
+
+def test_an_moe_sweep_spends_its_budgets_in_active_flops():
+    from tests.helpers import compose_config
+
+    dense = sweep.shape_of(compose_config(["model=p150k", *SMALL]))
+    moe = sweep.shape_of(compose_config(["model=p150k", "model.moe.experts=8", "model.moe.top_k=1", *SMALL]))
+    job, note = sweep.plan_pair(moe, 1.5e10, 256, model="p150k", window=(0.05, 100))
+    assert job is not None, note
+    assert job.params == ledger.non_embedding_params(moe) < ledger.total_params(moe) - ledger.embedding_params(moe)
+    assert job.flops_per_token == ledger.flops_per_token(moe) and abs(job.flops / 1.5e10 - 1) <= 0.01
+    # top-1 of 8 experts as wide as the dense MLP: the dense FLOPs per token plus the router's
+    router = 6 * moe.n_layers * moe.d_model * moe.experts
+    assert ledger.flops_per_token(moe) == ledger.flops_per_token(dense) + router
+
+
+def test_budget_params_give_one_budget_its_own_seeds_and_unknown_budgets_are_refused(tmp_path):
+    seeds = 'hydra.sweeper.params={train.seed:"0,1"}'
+    r = scalelab_train("-m", *ISO, seeds, 'hydra.sweeper.budget_params={1.5e10:{train.seed:"0,1,2"}}',
+                       "hydra.sweeper.dry_run=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = plan_rows(r.stdout)
+    # 8e9: p50k x 2 seeds; 1.5e10: (p50k, p150k) x 3 seeds
+    assert sorted(b for b, *_ in rows) == [8e9] * 2 + [1.5e10] * 6, r.stdout
+    assert "train.seed=2" in r.stdout
+    bad = scalelab_train("-m", *ISO, seeds, 'hydra.sweeper.budget_params={3e10:{train.seed:"0,1,2"}}',
+                         "hydra.sweeper.dry_run=true", cwd=tmp_path)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "hydra.sweeper.budget_params" in bad.stderr and "3e+10" in bad.stderr and "Traceback" not in bad.stderr
