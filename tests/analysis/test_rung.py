@@ -3,6 +3,8 @@ verified against the law's own losses: the sizes bracket the true optimum, the p
 the truth at close to the nominal rate, and verify reports the miss."""
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,13 @@ def study(seed: int, noise: float = 0.01):
     table = sy.ladder_isoflop_runs(LAW, BUDGETS, sizes=LADDER, tokens_per_param=(1, 1000), noise=noise, seed=seed)
     result = fit(table, "3", bootstrap=40, bootstrap_starts=0, seed=seed, n_starts=300, max_iter=200)
     return {"3": json.loads(json.dumps(result.to_dict()))}
+
+
+def over_seeds(function, seeds) -> list:
+    """function(seed) for each seed, on two processes (the fits are single-threaded; the suite's
+    machine has two cores)."""
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(function, seeds))
 
 
 def truth(plan) -> np.ndarray:
@@ -69,14 +78,16 @@ def test_a_rung_brackets_the_true_optimum_and_verify_reports_the_miss():
     assert report["best_is_predicted"] and report["best_inside"]
 
 
+def rung_hits(seed: int) -> list[bool]:
+    plan = plan_rung(study(seed), RUNG, FAMILY, sizes=3)
+    return [s["interval"][0] <= t <= s["interval"][1] for s, t in zip(plan["sizes"], truth(plan), strict=True)]
+
+
 @pytest.mark.slow
 def test_rung_predictions_cover_the_truth_at_close_to_the_nominal_rate():
     """30 noisy studies (1% noise): the 95% interval of each rung size's mean (the law's parameter
     uncertainty) covers the true loss at 10x beyond at close to 95%."""
-    hits = []
-    for seed in range(30):
-        plan = plan_rung(study(seed), RUNG, FAMILY, sizes=3)
-        hits += [s["interval"][0] <= t <= s["interval"][1] for s, t in zip(plan["sizes"], truth(plan), strict=True)]
+    hits = sum(over_seeds(rung_hits, range(30)), [])
     rate = float(np.mean(hits))
     print(f"coverage of the 95% interval 10x beyond over {len(hits)} rung sizes: {rate:.2f}")
     assert 0.85 <= rate <= 1.0
@@ -124,6 +135,22 @@ OUTSIDE = LawForm("outside", "E + (A / N**alpha + B / D**beta)**gamma",
 OUTSIDE_VALUES = {"E": 0.8, "A": 100.0, "B": 500.0, "alpha": 0.5, "beta": 0.45, "gamma": 0.6}
 
 
+def outside_hits(seed: int) -> tuple[list[bool], list[bool]]:
+    """One study from OUTSIDE: whether the chosen law's and the form-aware intervals cover each rung size."""
+    budgets, ladder = np.logspace(10.5, 12, 5), np.logspace(3.3, 5.4, 10)
+    family = [(f"n{int(n)}", float(n)) for n in np.logspace(3.3, 6, 13)]
+    runs = sy.ladder_isoflop_runs(sy.ChinchillaLaw(), budgets, sizes=ladder, tokens_per_param=(2, 1000))
+    table = sy.law_runs(OUTSIDE, OUTSIDE_VALUES, runs, noise=0.012, seed=seed)
+    result = fit(table, "3", law="auto", delta="auto", seed=seed)  # its interval: its rival entry's
+    plan = plan_rung({"3": json.loads(json.dumps(result.to_dict()))}, 10 * budgets[-1], family, seeds=1)
+    rivals = rival_predictions(table, plan, delta=result.details["huber_delta"], bootstrap=10, seed=seed)
+    points = pd.DataFrame([{k: s[k] for k in ("params", "tokens", "flops")} for s in plan["sizes"]])
+    true = OUTSIDE.predict(OUTSIDE_VALUES, points)
+    own = rivals[result.details.get("law", {"name": "chinchilla"})["name"]]["prediction_interval"]
+    return ([bool(b[0] <= t <= b[1]) for b, t in zip(own, true, strict=True)],
+            [bool(b[0] <= t <= b[1]) for b, t in zip(rivals["form_interval"], true, strict=True)])
+
+
 @pytest.mark.slow
 def test_form_aware_intervals_cover_a_truth_from_a_form_the_fitter_does_not_know():
     """Studies drawn from a form outside the fitter's (law auto and the rung's rival forms: chinchilla,
@@ -131,20 +158,10 @@ def test_form_aware_intervals_cover_a_truth_from_a_form_the_fitter_does_not_know
     interval (the rival forms' bootstrap predictive distributions mixed at their weights) covers the
     truth at close to 95%; the chosen law's own interval, which carries its parameters' uncertainty
     only, does not. Measured over 8 studies x 3 sizes (bootstrap 10): NOTES.md gives the rates."""
-    budgets, ladder = np.logspace(10.5, 12, 5), np.logspace(3.3, 5.4, 10)
-    family = [(f"n{int(n)}", float(n)) for n in np.logspace(3.3, 6, 13)]
     chosen, aware = [], []
-    for seed in range(8):
-        runs = sy.ladder_isoflop_runs(sy.ChinchillaLaw(), budgets, sizes=ladder, tokens_per_param=(2, 1000))
-        table = sy.law_runs(OUTSIDE, OUTSIDE_VALUES, runs, noise=0.012, seed=seed)
-        result = fit(table, "3", law="auto", delta="auto", seed=seed)  # its interval: its rival entry's
-        plan = plan_rung({"3": json.loads(json.dumps(result.to_dict()))}, 10 * budgets[-1], family, seeds=1)
-        rivals = rival_predictions(table, plan, delta=result.details["huber_delta"], bootstrap=10, seed=seed)
-        points = pd.DataFrame([{k: s[k] for k in ("params", "tokens", "flops")} for s in plan["sizes"]])
-        true = OUTSIDE.predict(OUTSIDE_VALUES, points)
-        own = rivals[result.details.get("law", {"name": "chinchilla"})["name"]]["prediction_interval"]
-        chosen += [b[0] <= t <= b[1] for b, t in zip(own, true)]
-        aware += [b[0] <= t <= b[1] for b, t in zip(rivals["form_interval"], true)]
+    for own, form_aware in over_seeds(outside_hits, range(8)):
+        chosen += own
+        aware += form_aware
     print(f"coverage 10x beyond: chosen law {np.mean(chosen):.2f}, form-aware {np.mean(aware):.2f}")
     assert np.mean(aware) >= 0.85 and np.mean(aware) >= np.mean(chosen)
 
