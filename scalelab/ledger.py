@@ -155,6 +155,45 @@ def tokens_for_budget(s: Shape, budget: float) -> float:
     return budget / flops_per_token(s)
 
 
+# Words (4 bytes) a training step keeps per token of one microbatch, fitted to XLA's memory analysis
+# of compiled steps on CPU (11 shapes, 50K-32M parameters, within 10%; NOTES.md): per layer, per unit
+# of model width, of MLP width and of attention score (heads x seq_len, where the scores are
+# materialized: xla and blockwise attention, not the flash kernels); and per vocabulary entry (logits)
+ACTIVATION_WORDS = {"d_model": 2.0, "d_ff": 10.0, "scores": 1.25, "vocab": 2.5}
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """The estimated peak memory of one run's training step, in bytes (`step_memory`)."""
+
+    state: int  # parameters and optimizer state (the train state the step takes and returns)
+    grads: int  # fp32 gradients of every parameter
+    activations: int  # what the backward pass keeps of one microbatch, and the logits
+
+    @property
+    def total(self) -> int:
+        return self.state + self.grads + self.activations
+
+
+def mlp_width(s: Shape) -> float:
+    """The MLP width a token's activations have, averaged over the layers (MoE: its active experts)."""
+    routed = (s.top_k + s.shared_experts) * s.d_expert if s.experts else s.d_ff
+    return (s.moe_layers * routed + (s.n_layers - s.moe_layers) * s.d_ff) / s.n_layers
+
+
+def step_memory(s: Shape, micro_tokens: int, state_bytes: int, scores: bool = True,
+                remat: str = "none") -> StepMemory:
+    """The peak memory of a training step over `micro_tokens` tokens a microbatch (batch x seq_len /
+    grad_accum) with a train state of `state_bytes`. `scores`: the attention scores are materialized;
+    `remat="full"` keeps each layer's input only (and one layer's activations while it is recomputed);
+    `dots` is counted as `none` (an upper bound)."""
+    w = ACTIVATION_WORDS
+    per_layer = w["d_model"] * s.d_model + w["d_ff"] * mlp_width(s) + (w["scores"] * s.n_heads * s.seq_len if scores else 0)
+    layers = s.n_layers * per_layer if remat != "full" else s.n_layers * s.d_model + per_layer
+    activations = 4 * micro_tokens * (layers + w["vocab"] * s.vocab)
+    return StepMemory(state=int(state_bytes), grads=4 * total_params(s), activations=int(activations))
+
+
 @dataclass(frozen=True)
 class Ledger:
     """Every count of one model shape, as a record for summaries and tables."""

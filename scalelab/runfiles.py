@@ -21,6 +21,7 @@ TRACKERS = "trackers.json"  # the W&B run id and MLflow run id of this run direc
 WANDB = "wandb"  # W&B's own directory (offline runs)
 MLRUNS = "mlruns"  # MLflow's file store, unless logger.mlflow.tracking_uri names another
 PLAN = "plan.json"
+CLUSTER_JOBS = "cluster_jobs.json"  # a sweep's cluster jobs (slurm_packed): each job id and its members
 
 # what Hydra (and our logging) creates before a run has started: a failed start may remove these
 START_FILES = frozenset({HYDRA, TRAIN_LOG, "main.log"})

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class PackedLauncherConf:
     _target_: str = "hydra_plugins.scalelab_launchers.packed.PackedLauncher"
-    max_members: int = 0  # runs per packed group; 0: as many as a quarter of the device memory holds
+    max_members: int = 0  # runs per packed group; 0: as many as the device's memory holds (ledger.step_memory)
     steps_per_call: int = 16  # training steps per jitted call (a scan over K batches); scalelab.train.packed.STEPS_PER_CALL
 
 
@@ -55,7 +55,44 @@ def _collect(cfg: DictConfig):
     return copy.deepcopy(cfg), Path(HydraConfig.get().runtime.output_dir)
 
 
+def prepare_jobs(config: DictConfig, hydra_context, job_overrides, indices, job_id=None) -> list:
+    """Hydra's own per-job set-up (config, output dir, .hydra/ files) of each job, without training:
+    their JobReturns, each with (config, run directory) as its return value. `indices`: the jobs'
+    numbers in the sweep; `job_id`: their `hydra.job.id` (default: the number)."""
+    returns = []
+    for idx, overrides in zip(indices, job_overrides, strict=True):
+        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx if job_id is None else job_id
+            sweep_config.hydra.job.num = idx
+        returns.append(run_job(hydra_context=hydra_context, task_function=_collect, config=sweep_config,
+                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return returns
+
+
+def packed_jobs(returns) -> list:
+    """The `scalelab.sweep.packed.Job` of each prepared job (`prepare_jobs`)."""
+    from scalelab.sweep.packed import Job
+
+    return [Job(cfg=ret.return_value[0], run_dir=ret.return_value[1]) for ret in returns]
+
+
+def set_outcomes(returns, jobs) -> list:
+    """Each JobReturn completed, or failed with its job's error; the returns."""
+    for ret, job in zip(returns, jobs, strict=True):
+        if job.error is None:
+            ret.status, ret.return_value = JobStatus.COMPLETED, None
+        else:
+            ret.status, ret._return_value = JobStatus.FAILED, job.error
+    return returns
+
+
 class PackedLauncher(Launcher):
+    # the IsoFLOP sweeper hands a packing launcher its completed jobs too (they keep their groups)
+    packs_jobs = True
+
     def __init__(self, max_members: int = 0, steps_per_call: int = 16) -> None:
         super().__init__()
         if steps_per_call < 1:
@@ -67,38 +104,17 @@ class PackedLauncher(Launcher):
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
 
-    def _prepare(self, job_overrides, initial_job_idx: int) :
-        """Hydra's own per-job set-up (config, output dir, .hydra/ files), without training."""
-        returns = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
-            returns.append(run_job(hydra_context=self.hydra_context, task_function=_collect, config=sweep_config,
-                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return returns
-
     def launch(self, job_overrides, initial_job_idx: int) :
-        from scalelab.sweep.packed import Job, run_jobs
+        from scalelab.sweep.packed import run_jobs
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info("Packing %d jobs", len(job_overrides))
-        returns = self._prepare(job_overrides, initial_job_idx)
-        jobs = []
-        for ret in returns:
-            cfg, run_dir = ret.return_value
-            jobs.append(Job(cfg=cfg, run_dir=run_dir))
+        returns = prepare_jobs(self.config, self.hydra_context, job_overrides,
+                               range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        jobs = packed_jobs(returns)
         refuse_shared_run_dirs(returns, jobs)
         logging.getLogger("scalelab").setLevel(logging.INFO)
         run_jobs(jobs, self.max_members, self.steps_per_call)
-        for ret, job in zip(returns, jobs, strict=True):
-            if job.error is None:
-                ret.status, ret.return_value = JobStatus.COMPLETED, None
-            else:
-                ret.status, ret._return_value = JobStatus.FAILED, job.error
-        return returns
+        return set_outcomes(returns, jobs)

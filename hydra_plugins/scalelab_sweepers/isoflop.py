@@ -49,7 +49,8 @@ class IsoFlopSweeperConf:
     params: Any = None
     # sweep overrides for single budgets, {budget: {key: "v1,v2"}}: at that budget they replace `params`'
     # values of the same keys, e.g. {1e12: {train.seed: "0,1,2,3"}} buys more seeds where a fit's
-    # extrapolation leans hardest (the quickstart does)
+    # extrapolation leans hardest (the quickstart does); a budget the sweep does not have is ignored
+    # with a note (a study's budgets overridden on the command line)
     budget_params: Any = None
     # lr factors: each planned run becomes one run per factor x its own lr (optimizer.lr_law or optimizer.lr)
     lr_grid: list[float] = field(default_factory=list)
@@ -208,11 +209,11 @@ class IsoFlopSweeper(Sweeper):
                             "hydra.sweeper.budgets=[1e15,3e15]")
         if not self.models:
             raise PlanError("hydra.sweeper.models is empty: give model sizes, e.g. hydra.sweeper.models=[p1m,p3m]")
-        budget_combos = budget_combos or {}
-        unknown = [f"{b:g}" for b in budget_combos if b not in self.budgets]
-        if unknown:
-            raise PlanError(f"hydra.sweeper.budget_params names budgets the sweep does not have: "
-                            f"{', '.join(unknown)} (hydra.sweeper.budgets: {', '.join(f'{b:g}' for b in self.budgets)})")
+        unknown = [f"{b:g}" for b in budget_combos or {} if b not in self.budgets]
+        if unknown:  # a study's budgets overridden on the command line (a reduced study, a rung)
+            print(f"note: hydra.sweeper.budget_params names budget(s) {', '.join(unknown)}, not among this "
+                  f"sweep's ({', '.join(f'{b:g}' for b in self.budgets)}): ignored", flush=True)
+        budget_combos = {b: c for b, c in (budget_combos or {}).items() if b in self.budgets}
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs, notes = [], []
         shared = [b for b in self.budgets if b not in budget_combos]
@@ -314,10 +315,10 @@ class IsoFlopSweeper(Sweeper):
                                            "arguments": list(arguments), "written": time.time()})
         self._set_compilation_cache()
 
-        # the packed launcher gets the completed jobs too: it trains none of them again, but plans
+        # a packing launcher gets the completed jobs too: it trains none of them again, but plans
         # the same groups as the first launch and keeps a completed member's place in its group's
         # program while the others need it (PackedGroup.start), so that they resume bitwise
-        packs = type(self.launcher).__name__ == "PackedLauncher"
+        packs = getattr(self.launcher, "packs_jobs", False)
         todo, done = [], 0
         for job, task_cfg in zip(plan.jobs, self._job_configs, strict=True):
             if self.skip_completed and job.subdir and sweep.completed_with_config(

@@ -16,14 +16,16 @@ import time
 from pathlib import Path
 
 GRID_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
-GRID_SEEDS = (0, 1)
 
 
-def grid(model: str, steps: int, seq_len: int = 64, batch_size: int = 8) -> list[list[str]]:
+def grid(model: str, steps: int, seq_len: int = 64, batch_size: int = 8, runs: int = 8,
+         precision: str = "fp32") -> list[list[str]]:
+    """`runs` runs (a multiple of 4): the 4 learning rates x runs/4 seeds."""
     base = [f"model={model}", f"data.seq_len={seq_len}", f"train.batch_size={batch_size}",
             f"data.tokens={steps * seq_len * batch_size}", "train.progress=false", "train.eval_tokens=8192",
-            "train.log_every=50"]
-    return [base + [f"optimizer.lr={lr}", f"train.seed={seed}"] for lr in GRID_LRS for seed in GRID_SEEDS]
+            "train.log_every=50", f"train.precision={precision}"]
+    seeds = range(max(1, runs // len(GRID_LRS)))
+    return [base + [f"optimizer.lr={lr}", f"train.seed={seed}"] for lr in GRID_LRS for seed in seeds]
 
 
 def _compose(overrides):
@@ -97,32 +99,40 @@ def timed(way, jobs, root: Path) -> float:
     return way(jobs, root)
 
 
-def bench_sweep(model: str = "p15k", steps: int = 300) -> dict:
-    """Wall times of the three ways, their ratios, and the effective MFU of each."""
+WAYS = ("packed", "in-process", "processes")
+
+
+def bench_sweep(model: str = "p15k", steps: int = 300, runs: int = 8, ways=WAYS, precision: str = "fp32") -> dict:
+    """Wall times of the `ways` (packed first), their ratios, and the effective MFU of each."""
     from scalelab import ledger
     from scalelab.model import ladder
     from scalelab.runtime import hardware
 
-    jobs = grid(model, steps)
+    if "packed" not in ways or any(w not in WAYS for w in ways):
+        raise ValueError(f"the sweep bench's ways are {', '.join(WAYS)}, packed among them; got {list(ways)}")
+    jobs = grid(model, steps, runs=runs, precision=precision)
     r = ladder.rung(model)
     shape = ledger.Shape(d_model=r["d_model"], n_layers=r["n_layers"], n_heads=r["n_heads"],
                          n_kv_heads=r["n_kv_heads"], d_ff=r["d_ff"], vocab=264, seq_len=64)
     flops = len(jobs) * steps * 64 * 8 * ledger.flops_per_token(shape)
-    peak_before = hardware.measured_matmul_peak()
+    peak_before = hardware.measured_matmul_peak(precision)
+    run_way = {"packed": lambda: timed(run_packed, jobs, root), "in-process": lambda: timed(run_in_process, jobs, root),
+               "processes": lambda: run_processes(jobs, root)}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         warm_up(jobs[0], root)
-        seconds = {"packed": timed(run_packed, jobs, root), "in-process": timed(run_in_process, jobs, root),
-                   "processes": run_processes(jobs, root)}
-    peak = max(peak_before, hardware.measured_matmul_peak())
+        seconds = {way: run_way[way]() for way in WAYS if way in ways}
+    peak = max(peak_before, hardware.measured_matmul_peak(precision))
     return {"model": model, "members": len(jobs), "steps": steps, "flops": flops, "peak_flops": peak,
+            "precision": precision,
             "seconds": seconds, "speedup": {k: v / seconds["packed"] for k, v in seconds.items()},
             "mfu": {k: flops / v / peak for k, v in seconds.items()}}
 
 
 def format_sweep(result: dict) -> str:
     lines = [f"sweep bench: {result['members']} runs of {result['model']} x {result['steps']} steps "
-             f"(4 learning rates x 2 seeds, seq 64, batch 8); peak {result['peak_flops'] / 1e9:.0f} GFLOP/s"]
+             f"(4 learning rates x {result['members'] // 4} seeds, seq 64, batch 8, {result.get('precision', 'fp32')}); "
+             f"peak {result['peak_flops'] / 1e9:.0f} GFLOP/s"]
     for way, seconds in result["seconds"].items():
         lines.append(f"  {way:<11} {seconds:7.1f} s   {result['speedup'][way]:5.2f}x the packed time   "
                      f"effective MFU {result['mfu'][way]:.1%}")

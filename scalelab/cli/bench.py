@@ -51,7 +51,8 @@ def _bench(args) -> int:
     if args.sweep:
         from scalelab.bench.sweep import bench_sweep, format_sweep
 
-        results = [bench_sweep(model, args.sweep_steps) for model in args.sweep.split(",")]
+        results = [bench_sweep(model, args.sweep_steps, args.sweep_runs, args.sweep_ways.split(","), args.precision)
+                   for model in args.sweep.split(",")]
         for r in results:
             print(format_sweep(r), flush=True)
         common.write_json({"sweeps": results}, args.json, getattr(args, "json_stream", None))
@@ -140,6 +141,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sweep", metavar="MODELS", help="instead: the sweep bench for these ladder sizes "
                    "(e.g. p15k,p50k): an 8-run grid packed vs in-process vs one process per run")
     p.add_argument("--sweep-steps", type=int, default=300, help="steps of each run of the sweep bench")
+    p.add_argument("--sweep-runs", type=int, default=8, help="runs of the sweep bench's grid: 4 learning rates x "
+                   "runs/4 seeds (default 8)")
+    p.add_argument("--sweep-ways", default="packed,in-process,processes",
+                   help="the ways the sweep bench times, packed among them (default: all three)")
     p.add_argument("--suggest", action="store_true", help="instead: the suggest bench: on a synthetic Chinchilla law "
                    "with noise, the target's interval after 3 rounds of `analyze suggest` vs a fixed IsoFLOP grid of "
                    "the same FLOPs (CPU only, about 40 s per seed)")

@@ -33,18 +33,38 @@ class Job:
     error: BaseException | None = None
 
 
-def default_max_members(run) -> int:
-    """As many members as fit in a quarter of the device's memory (state and activations, roughly)."""
-    stats = jax.devices()[0].memory_stats() or {}
-    available = stats.get("bytes_limit")
-    if not available:
-        import os
+# the most members one packed group holds, however small they are (compile time grows with them)
+MAX_MEMBERS = 64
 
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    state = 4 * 4 * run.counts.params_total  # fp32 parameters, two Adam moments, gradients
-    shape, batch = run.shape, run.train.batch_size
-    activations = 4 * batch * shape.seq_len * shape.d_model * shape.n_layers * 24 // max(run.grad_accum, 1)
-    return max(1, min(64, int(available // 4 // (state + activations))))
+
+def device_memory() -> int:
+    """Bytes packed members may fill on this process's first device: 90% of an accelerator's memory
+    limit, or a quarter of the host's memory on CPU (which the rest of the machine shares)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(0.9 * stats["bytes_limit"])
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def member_memory(run):
+    """The ledger's estimate of one member's training step (`ledger.StepMemory`): its train state
+    (measured from the state's abstract shapes), fp32 gradients and one microbatch's activations."""
+    from scalelab import ledger
+
+    state = jax.eval_shape(run.steps.init_state, 0)
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    micro_tokens = run.train.batch_size * run.shape.seq_len // max(run.grad_accum, 1)
+    spec = run.fns.spec
+    return ledger.step_memory(run.shape, micro_tokens, state_bytes, scores=spec.attention in ("xla", "blockwise"),
+                              remat=spec.remat)
+
+
+def members_that_fit(member_bytes: int, device_bytes: int) -> int:
+    """Members of `member_bytes` one device of `device_bytes` holds (1 when one alone does not fit:
+    such a member trains on its own)."""
+    return max(1, min(MAX_MEMBERS, int(device_bytes // max(member_bytes, 1))))
 
 
 def spreads_members(mesh) -> bool:
@@ -63,8 +83,9 @@ def members_mesh():
     return Mesh(np.array(jax.local_devices()), ("data",))
 
 
-def plan_groups(runs: list, max_members: int = 0) -> list[list]:
-    """Runs grouped by their step program, equal lengths together, at most `max_members` a group."""
+def plan_groups(runs: list, max_members: int = 0, device_bytes: int | None = None) -> list[list]:
+    """Runs grouped by their step program, equal lengths together, at most `max_members` a group
+    (0: as many as `device_bytes` hold by the ledger's estimate; default: this process's device)."""
     from scalelab.train.packed import group_key
 
     by_key = defaultdict(list)
@@ -72,33 +93,42 @@ def plan_groups(runs: list, max_members: int = 0) -> list[list]:
         by_key[group_key(r)].append(r)
     groups = []
     for members in by_key.values():
-        cap = max_members or default_max_members(members[0])
+        cap = max_members
+        if not cap:
+            device_bytes = device_bytes or device_memory()
+            estimate = member_memory(members[0])
+            cap = members_that_fit(estimate.total, device_bytes)
+            log.info("packing %s: %.1f MiB a member (state %.1f, gradients %.1f, activations %.1f) of %.0f MiB: "
+                     "%d a group%s", members[0].origin.model_name, estimate.total / 2**20, estimate.state / 2**20,
+                     estimate.grads / 2**20, estimate.activations / 2**20, device_bytes / 2**20, cap,
+                     "" if estimate.total <= device_bytes else " (too large to share the device: each trains alone)")
         members = sorted(members, key=lambda r: r.plan.steps)
         groups += [members[i:i + cap] for i in range(0, len(members), cap)]
     return groups
 
 
-def run_jobs(jobs: list[Job], max_members: int = 0, steps_per_call: int | None = None) -> list[Job]:
-    """Build every job's run (a job that cannot start fails alone), then train the groups.
+def groups_by_name(runs: list, names: list[list[str]]) -> list[list]:
+    """`runs` grouped as `names` (lists of run directory names) says: a plan made elsewhere (the
+    submitting process of a cluster sweep), kept exactly; runs it does not name are left out."""
+    by_name = {r.run_dir.name: r for r in runs}
+    return [group for group in ([by_name[n] for n in g if n in by_name] for g in names) if group]
+
+
+def run_jobs(jobs: list[Job], max_members: int = 0, steps_per_call: int | None = None,
+             groups: list[list[str]] | None = None) -> list[Job]:
+    """Build every job's run (a job that cannot start fails alone), then train the groups (`groups`:
+    as planned elsewhere, by run directory name; else `plan_groups`).
 
     On one process with the default mesh, whole runs go one per device: with at least as many
     groups as devices, each device ("lane") trains its share of the groups, balanced by FLOPs, in
     a thread of its own; with fewer, each group's members are spread over all devices."""
-    from scalelab.runtime import distributed
     from scalelab.train.preemption import PreemptionGuard
 
     if jax.config.jax_compilation_cache_dir:  # as a solo run does: cache every program, however small,
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # so a relaunch loads them
-    built = {}
-    for job in jobs:
-        try:
-            distributed.initialize(job.cfg.distributed)
-            devices = jax.local_devices()[:1] if spreads_members(job.cfg.mesh) else None
-            built[job.run_dir.name] = (job, _build(job, devices))
-        except Exception as exc:  # noqa: BLE001 - a bad config fails its own job only
-            job.error = exc
-            log.error("%s: %s", job.run_dir.name, exc)
-    groups = plan_groups([run for _, run in built.values()], max_members)
+    built = build_jobs(jobs)
+    runs = [run for _, run in built.values()]
+    groups = plan_groups(runs, max_members) if groups is None else groups_by_name(runs, groups)
     with PreemptionGuard() as guard:
         lanes = assign_lanes(groups, jax.local_device_count())
         if len(lanes) > 1:
@@ -117,6 +147,22 @@ def run_jobs(jobs: list[Job], max_members: int = 0, steps_per_call: int | None =
         if guard.requested:
             guard.hand_over()
     return jobs
+
+
+def build_jobs(jobs: list[Job]) -> dict:
+    """{run directory name: (job, run)} of the jobs whose run builds (one that cannot fails alone)."""
+    from scalelab.runtime import distributed
+
+    built = {}
+    for job in jobs:
+        try:
+            distributed.initialize(job.cfg.distributed)
+            devices = jax.local_devices()[:1] if spreads_members(job.cfg.mesh) else None
+            built[job.run_dir.name] = (job, _build(job, devices))
+        except Exception as exc:  # noqa: BLE001 - a bad config fails its own job only
+            job.error = exc
+            log.error("%s: %s", job.run_dir.name, exc)
+    return built
 
 
 def _build(job: Job, devices):
@@ -154,6 +200,22 @@ def assign_lanes(groups: list[list], devices: int) -> list[list[list]]:
         lanes[k].append(g)
         loads[k] += cost(g)
     return lanes
+
+
+def job_lanes(groups: list[list], per_job: int = 1) -> list[list[list]]:
+    """The groups of a cluster sweep's jobs: `per_job` groups a job, balanced by FLOPs (longest first
+    onto the least loaded job), in plan order within each job."""
+    if per_job <= 1:
+        return [[g] for g in groups]
+    cost = lambda g: sum(group_seconds(r) for r in g)
+    n_jobs = -(-len(groups) // per_job)
+    lanes, loads = [[] for _ in range(n_jobs)], [0.0] * n_jobs
+    for k in sorted(range(len(groups)), key=lambda k: cost(groups[k]), reverse=True):
+        open_lanes = [j for j in range(n_jobs) if len(lanes[j]) < per_job]
+        j = min(open_lanes, key=lambda j: loads[j])
+        lanes[j].append(k)
+        loads[j] += cost(groups[k])
+    return [[groups[k] for k in sorted(lane)] for lane in lanes]
 
 
 def _run_lane(lane: list[list], k: int, built: dict, guard, steps_per_call: int | None) -> None:

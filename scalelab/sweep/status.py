@@ -14,10 +14,30 @@ import re
 from pathlib import Path
 
 from scalelab.config import run_name
-from scalelab.runfiles import HYDRA, PLAN, SUMMARY
+from scalelab.runfiles import CLUSTER_JOBS, HYDRA, PLAN, SUMMARY
 from scalelab.sweep.plan import fmt_budget, format_table
 
 MULTIRUN_FILE = "multirun.yaml"
+
+
+# ----------------------------------------------------------------------------------------------
+# the cluster jobs of a packed sweep on SLURM
+
+
+def record_cluster_jobs(sweep_dir, submitted: list[tuple[str, list[str]]]) -> None:
+    """Add (job id, member run directory names) of each job just submitted to the sweep's record."""
+    path = Path(sweep_dir) / CLUSTER_JOBS
+    record = _read_json(path) or {"jobs": []}
+    record["jobs"] += [{"job_id": str(job_id), "members": list(members)} for job_id, members in submitted]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+def cluster_jobs(sweep_dir) -> dict[str, str]:
+    """{member run directory name: the id of the last job submitted to train it}."""
+    record = _read_json(Path(sweep_dir) / CLUSTER_JOBS) or {"jobs": []}
+    return {member: job["job_id"] for job in record["jobs"] for member in job["members"]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +168,7 @@ def sweep_status(sweep_dir) -> dict:
                                                  "planned": False, "plan": None})
         job["exists"] = True
 
-    cells = []
+    cells, job_ids = [], cluster_jobs(sweep_dir)
     for job in jobs.values():
         run_dir = sweep_dir / job["subdir"] if job.get("subdir") else None
         summary = _read_json(run_dir / SUMMARY) if run_dir is not None and run_dir.is_dir() else None
@@ -163,6 +183,7 @@ def sweep_status(sweep_dir) -> dict:
         error = (summary or {}).get("error") or {}
         cells.append({
             "subdir": job.get("subdir"),
+            "job_id": job_ids.get(job.get("subdir") or ""),
             "overrides": job["overrides"],
             "planned": job["planned"],
             "status": status,
@@ -236,5 +257,11 @@ def format_status(status: dict) -> str:
     for c in status["cells"]:
         if c["status"] == "missing":
             out.append(f"  missing: {' '.join(c['overrides'])}  [{c['subdir']}]")
+    by_job: dict[str, list] = {}
+    for c in status["cells"]:
+        if c.get("job_id"):
+            by_job.setdefault(c["job_id"], []).append(c)
+    for job_id, members in by_job.items():
+        out.append(f"  SLURM job {job_id}: " + ", ".join(f"{c['subdir']} ({c['status']})" for c in members))
     return "\n".join(out)
 

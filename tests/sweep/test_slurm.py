@@ -300,3 +300,84 @@ def test_a_requeued_job_resumes_from_its_checkpoint_with_the_uninterrupted_losse
         states = [line.split("|")[1] for line in raw.splitlines() if line.strip()]
         return states if states and states[-1] == "COMPLETED" else None
     assert "REQUEUED" in wait_until(attempts, 30, "sacct to record the job's attempts", poll=1.0)
+
+
+# the IsoFLOP sweep above, packed: two groups (p50k: 2 members, p150k: 1), so two SLURM jobs; every
+# step logged, a checkpoint every 10 steps
+PACKED = [*ISO, "train.log_every=1", "checkpoint.every=10"]
+PACKED_LAUNCHER = ["hydra/launcher=slurm_packed", "hydra.launcher.timeout_min=15", "hydra.launcher.cpus_per_task=1",
+                   "hydra.launcher.mem_gb=4"]
+
+
+def member_losses(sweep_dir: Path) -> dict[str, list]:
+    from scalelab.train.runlog import read_metrics
+
+    return {p.parent.name: [(r["step"], r["train_loss"]) for r in read_metrics(p.parent)]
+            for p in sweep_dir.glob("*/summary.json")}
+
+
+@pytest.fixture(scope="module")
+def locally_packed(tmp_path_factory):
+    """The same sweep with the local packed launcher (one device, as each SLURM job has)."""
+    root = tmp_path_factory.mktemp("local_packed")
+    r, _ = scalelab_train("-m", *PACKED, "hydra/launcher=packed", f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = member_losses(root / "sweep")
+    assert len(losses) == 3
+    return losses
+
+
+def test_a_packed_sweep_on_slurm_trains_each_group_as_one_job_and_survives_a_requeue_and_a_scancel(
+        slurm_cluster, tmp_path, locally_packed):
+    """Two groups, two SLURM jobs. One is requeued mid-run (`scontrol requeue`: it saves and SLURM
+    starts it again), the other cancelled (`scancel`: its member fails alone, the sweep says so);
+    the relaunch submits only the cancelled group, which resumes from its checkpoint. Every member's
+    losses equal the local packed launcher's, bitwise, each step logged once; `scalelab status`
+    lists each member with its job id."""
+    from scalelab.sweep.status import cluster_jobs
+
+    sweep_dir = tmp_path / "packed"
+    command = [TRAIN, "-m", *PACKED, *PACKED_LAUNCHER, f"hydra.sweep.dir={sweep_dir}"]
+    t0 = time.time()
+    sweep = subprocess.Popen(command, cwd=tmp_path, env=run_env(SCALELAB_FAULTS="step_delay:0.2"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def both_checkpointed():
+            jobs = cluster_jobs(sweep_dir)
+            saved = {p.parent.parent.name for p in sweep_dir.glob("*/checkpoints/*") if p.name.isdigit()}
+            running = {j for j, state in squeue_jobs().items() if state == "R"}
+            groups = {}
+            for member, job in jobs.items():
+                groups.setdefault(job, set()).add(member)
+            ready = len(groups) == 2 and all(m & saved and j in running for j, m in groups.items())
+            return groups if ready else None
+        groups = wait_until(both_checkpointed, 240, "both groups' jobs to save a checkpoint")
+        requeued = next(j for j, m in groups.items() if len(m) == 2)  # the p50k group
+        cancelled = next(j for j, m in groups.items() if len(m) == 1)  # the p150k member
+        subprocess.run(["scontrol", "requeue", requeued], check=True, capture_output=True, text=True)
+        subprocess.run(["scancel", cancelled], check=True, capture_output=True, text=True)
+        wait_until(lambda: squeue_jobs().get(requeued) == "PD", 60, "the requeued job to be pending again")
+        subprocess.run(["scontrol", "update", f"JobId={requeued}", "StartTime=now"], check=True, capture_output=True)
+        out, err = sweep.communicate(timeout=600)
+    finally:
+        sweep.kill()
+    print(f"\npacked sweep on SLURM, requeued and cancelled: {time.time() - t0:.1f} s", file=sys.stderr)
+    assert sweep.returncode == 1, out[-2000:] + err[-3000:]  # the cancelled group failed, alone
+    assert f"SLURM job {cancelled}" in out + err
+    done = summaries(sweep_dir)
+    assert all(done[m]["status"] == "completed" and done[m]["resumed_from"] for m in groups[requeued])
+    (lost,) = groups[cancelled]
+    assert done.get(lost, {}).get("status") != "completed"
+
+    status = subprocess.run([str(Path(TRAIN).parent / "scalelab"), "status", str(sweep_dir)], capture_output=True,
+                            text=True, env=run_env())
+    assert f"SLURM job {requeued}" in status.stdout and f"SLURM job {cancelled}" in status.stdout, status.stdout
+    assert lost in status.stdout
+
+    r = subprocess.run(command, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    again = cluster_jobs(sweep_dir)
+    assert again[lost] not in (requeued, cancelled)  # resubmitted alone: the completed group is not
+    assert all(again[m] == requeued for m in groups[requeued])
+    assert summaries(sweep_dir)[lost]["resumed_from"]
+    assert member_losses(sweep_dir) == locally_packed

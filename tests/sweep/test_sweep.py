@@ -415,16 +415,12 @@ def test_an_moe_sweep_spends_its_budgets_in_active_flops():
     assert ledger.flops_per_token(moe) == ledger.flops_per_token(dense) + router
 
 
-def test_budget_params_give_one_budget_its_own_seeds_and_unknown_budgets_are_refused(tmp_path):
+def test_budget_params_give_one_budget_its_own_seeds_and_other_budgets_are_noted(tmp_path):
     seeds = 'hydra.sweeper.params={train.seed:"0,1"}'
-    r = scalelab_train("-m", *ISO, seeds, 'hydra.sweeper.budget_params={1.5e10:{train.seed:"0,1,2"}}',
+    r = scalelab_train("-m", *ISO, seeds, 'hydra.sweeper.budget_params={1.5e10:{train.seed:"0,1,2"},3e10:{x:1}}',
                        "hydra.sweeper.dry_run=true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = plan_rows(r.stdout)
-    # 8e9: p50k x 2 seeds; 1.5e10: (p50k, p150k) x 3 seeds
+    # 8e9: p50k x 2 seeds; 1.5e10: (p50k, p150k) x 3 seeds; 3e10 is not a budget of this sweep
     assert sorted(b for b, *_ in rows) == [8e9] * 2 + [1.5e10] * 6, r.stdout
-    assert "train.seed=2" in r.stdout
-    bad = scalelab_train("-m", *ISO, seeds, 'hydra.sweeper.budget_params={3e10:{train.seed:"0,1,2"}}',
-                         "hydra.sweeper.dry_run=true", cwd=tmp_path)
-    assert bad.returncode == 2, bad.stderr[-2000:]
-    assert "hydra.sweeper.budget_params" in bad.stderr and "3e+10" in bad.stderr and "Traceback" not in bad.stderr
+    assert "train.seed=2" in r.stdout and "3e+10" in r.stdout and "ignored" in r.stdout
