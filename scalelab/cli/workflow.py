@@ -75,20 +75,61 @@ def prepare_main(args) -> int:
 # ---- eval -----------------------------------------------------------------------------------
 
 def _add_eval(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint")
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run dir (newest checkpoint) or a step dir")
+    p = subparsers.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint; or its tasks")
+    p.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CHECKPOINT",
+                   help="a run dir (newest checkpoint), a step dir or hf:DIR")
     p.add_argument("--data", metavar="DIR|stdlib", help="dataset to evaluate on (default: the run's own)")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="only N tokens (whole windows, spread evenly over the split: the windows a run with train.eval_tokens=N evaluates on)")
     p.add_argument("--batch-size", type=int, metavar="B", help="windows per batch (default: the run's)")
+    p.add_argument("--tasks", metavar="NAMES", help="instead: lm-evaluation-harness tasks, comma-separated "
+                   "(the built-in group stdlib, its tasks, any task the harness knows; needs the tasks extra)")
+    p.add_argument("--limit", type=float, metavar="N", help="with --tasks: the first N items of each task "
+                   "(a fraction below 1)")
+    p.add_argument("--include", action="append", default=[], metavar="DIR",
+                   help="with --tasks: a directory of your own task YAMLs (repeatable)")
+    p.add_argument("--list-tasks", action="store_true", help="list the tasks --tasks can name, and exit")
     common.add_json(p, "the result")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.set_defaults(func=eval_main)
 
 
+def tasks_main(args) -> int:
+    try:
+        from scalelab.infer import harness
+    except ImportError as exc:
+        raise SystemExit(f"error: --tasks needs the lm-evaluation-harness: pip install 'scalelab[tasks]' ({exc})") from None
+    if args.list_tasks:
+        from scalelab.tasks import builtin
+
+        for name, (description, _) in builtin.TASKS.items():
+            print(f"{name:<16} built-in ({builtin.GROUP}): {description}, {len(builtin.task_items(name))} items, chance 25%")
+        names = harness.list_tasks(args.include)
+        print(f"and {len(names)} task and group names of the harness (with --include's): "
+              + ", ".join(n for n in names if not n.startswith(builtin.GROUP))[:2000])
+        return 0
+    if not args.checkpoint:
+        raise SystemExit("error: name a run, a checkpoint or hf:DIR to evaluate")
+    from scalelab.infer.load import load_model
+
+    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    results = harness.run_tasks(load_model(args.checkpoint), args.tasks.split(","), limit=limit, include=args.include)
+    if not common.to_stdout(args.json):
+        for task, metrics in results.items():
+            shown = {k.split(",")[0]: v for k, v in metrics.items() if "," in k and "stderr" not in k}
+            print(f"{task:<20} " + "  ".join(f"{k} {v:.4f} +- {metrics.get(k + '_stderr,none', float('nan')):.4f}"
+                                               for k, v in shown.items() if isinstance(v, float)))
+    common.write_json(results, args.json)
+    return 0
+
+
 def eval_main(args) -> int:
     from scalelab.infer.evaluate import evaluate, format_table
 
+    if args.tasks or args.list_tasks:
+        return tasks_main(args)
+    if not args.checkpoint:
+        raise SystemExit("error: name a run, a checkpoint or hf:DIR to evaluate")
     result = evaluate(args.checkpoint, data=args.data, split=args.split, max_tokens=args.max_tokens,
                       batch_size=args.batch_size, progress=not args.no_progress)
     if not common.to_stdout(args.json):

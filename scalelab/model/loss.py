@@ -36,6 +36,16 @@ def training_loss(fns: ModelFns, params: dict, windows_BxT1) -> tuple[jax.Array,
     return loss + spec.moe_aux_loss * aux + spec.moe_z_loss * z, metrics
 
 
+def continuation_logprobs(fns: ModelFns, params: dict, windows_BxT1, mask_BxT) -> tuple[jax.Array, jax.Array]:
+    """(summed log-probability of the masked next tokens, whether each masked token is the argmax)
+    per row: the likelihood of a continuation (the masked targets) given what precedes it."""
+    inputs_BxT, targets_BxT = windows_BxT1[:, :-1], windows_BxT1[:, 1:]
+    logits_BxTxV = fns.apply(params, inputs_BxT).astype(jnp.float32)
+    logp_BxT = -optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+    greedy_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT) | ~mask_BxT
+    return jnp.sum(jnp.where(mask_BxT, logp_BxT, 0.0), axis=1), jnp.all(greedy_BxT, axis=1)
+
+
 def next_token_loss(fns: ModelFns, params: dict, windows_BxT1) -> jax.Array:
     """Mean cross-entropy (nats per token) of a batch: the training and evaluation loss."""
     return token_nll(fns, params, windows_BxT1).mean()

@@ -1,0 +1,116 @@
+"""Task evaluation: the built-in `stdlib` tasks are made deterministically from the corpus, the
+harness adapter's log-likelihoods equal scalelab's own next-token computation, and a task defined
+locally (a task YAML over a local JSONL file) runs through the lm-evaluation-harness offline."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from scalelab.infer.load import load_model
+from scalelab.model.loss import token_nll
+from scalelab.tasks import builtin, scoring
+from scalelab.train.build import build_run
+from scalelab.train.run import fit
+from tests.helpers import TINY, compose_config
+
+lm_eval = pytest.importorskip("lm_eval", reason="the tasks extra (lm-evaluation-harness) is not installed")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tasks") / "run"
+    fit(build_run(compose_config(TINY), run_dir, jax.local_devices()[:1]))
+    return load_model(run_dir)
+
+
+def request(*args):
+    from lm_eval.api.instance import Instance
+
+    return Instance(request_type="loglikelihood", doc={}, arguments=args, idx=0)
+
+
+def own_logprob(model, context: str, continuation: str) -> float:
+    """log p(continuation | context) by the training loss itself, over the whole window."""
+    tok = model.tokenizer
+    head = tok.encode(context) if context else np.array([tok.eos_id])
+    ids = np.concatenate([head, tok.encode(continuation)]).astype(np.int32)[None]
+    nll = np.asarray(token_nll(model.fns, model.params, ids))[0]
+    return -float(nll[-len(continuation.encode()):].sum())
+
+
+def test_the_builtin_tasks_are_deterministic_and_well_formed():
+    hashes = {name: builtin.items_hash(name) for name in builtin.TASKS}
+    builtin.task_items.cache_clear()
+    builtin.validation_texts.cache_clear()
+    assert {name: builtin.items_hash(name) for name in builtin.TASKS} == hashes  # made again: the same items
+    for name in builtin.TASKS:
+        items = builtin.task_items(name)
+        assert 50 <= len(items) <= builtin.ITEMS, (name, len(items))
+        for it in items:
+            assert len(set(it["choices"])) == builtin.CHOICES and 0 <= it["answer"] < builtin.CHOICES
+            assert it["context"] and len(it["context"]) <= builtin.CONTEXT_CHARS
+        answers = np.bincount([it["answer"] for it in items], minlength=4) / len(items)
+        assert answers.max() < 0.4, (name, answers)  # the right choice is not always in one place
+    assert builtin.expand(["stdlib", "stdlib_close"]) == list(builtin.TASKS)
+
+
+def test_the_adapters_loglikelihoods_equal_the_training_losss(model):
+    from scalelab.infer.harness import ScalelabLM
+
+    lm = ScalelabLM(model)
+    pairs = [("def f(x):\n    return", " x + 1\n"), ("import ", "os"), ("", "print('hi')"), ("a = [1, 2", "])")]
+    got = lm.loglikelihood([request(c, x) for c, x in pairs])
+    for (context, continuation), (logprob, _) in zip(pairs, got, strict=True):
+        assert logprob == pytest.approx(own_logprob(model, context, continuation), rel=1e-5, abs=1e-5)
+    # a context longer than the window is cut on the left, as the harness's own models do
+    long_context = "x = 1\n" * 40
+    (cut, _), = lm.loglikelihood([request(long_context, "y")])
+    window = int(model.config.data.seq_len)
+    assert cut == pytest.approx(own_logprob(model, long_context[-window:], "y"), rel=1e-5)
+    # a rolling log-likelihood of a string within one window is its log-likelihood after end-of-text
+    text = "for i in range(3):\n"
+    (rolling,) = lm.loglikelihood_rolling([request(text)])
+    assert rolling == pytest.approx(own_logprob(model, "", text), rel=1e-5)
+    # greedy generation goes through the cached decoder, as `scalelab generate` does
+    from scalelab.infer.generate import complete
+
+    (generated,) = lm.generate_until([request("def ", {"until": ["\n"], "max_gen_toks": 8})])
+    assert generated == complete(model, ["def "], max_new_tokens=8, stops=["\n"])[0][0].text
+
+
+def test_score_choices_counts_right_answers_and_bits_per_byte(model):
+    items = list(builtin.task_items("stdlib_keyword")[:12])
+    result = scoring.score_choices(model.fns, model.params, model.tokenizer, items, int(model.config.data.seq_len))
+    window = int(model.config.data.seq_len)
+    logprobs = [[own_logprob(model, it["context"][-(window + 1 - len(c.encode())):], c) for c in it["choices"]]
+                for it in items]
+    assert result["acc"] == pytest.approx(np.mean([np.argmax(lp) == it["answer"] for lp, it in zip(logprobs, items)]))
+    bits = sum(-lp[it["answer"]] / math.log(2) for lp, it in zip(logprobs, items))
+    assert result["bpb"] == pytest.approx(bits / sum(len(it["choices"][it["answer"]].encode()) for it in items), rel=1e-4)
+
+
+def test_a_local_harness_task_runs_end_to_end_offline(model, tmp_path):
+    from scalelab.infer.harness import run_tasks
+
+    rows = [{"q": "x = (1", "choices": [")", "]", "}", ">"], "gold": 0}, {"q": "y = [2", "choices": [")", "]", "}", ">"], "gold": 1},
+            {"q": "z = {3", "choices": [")", "]", "}", ">"], "gold": 2}]
+    (tmp_path / "local.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "local.yaml").write_text(
+        "task: local_brackets\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {json.dumps(str(tmp_path / 'local.jsonl'))}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: choices\n"
+        "doc_to_target: gold\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n")
+    results = run_tasks(model, ["local_brackets", "stdlib_close"], limit=8, include=[str(tmp_path)],
+                        bootstrap_iters=10)
+    assert results["local_brackets"]["sample_len"] == 3 and 0 <= results["local_brackets"]["acc,none"] <= 1
+    assert results["stdlib_close"]["sample_len"] == 8
+    # the harness's accuracy is scalelab's own over the same items
+    mine = scoring.score_choices(model.fns, model.params, model.tokenizer,
+                                 [{"context": r["q"], "choices": r["choices"], "answer": r["gold"]} for r in rows],
+                                 int(model.config.data.seq_len))
+    assert results["local_brackets"]["acc,none"] == pytest.approx(mine["acc"])
