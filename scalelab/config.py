@@ -110,6 +110,9 @@ class TrainConfig:
     grad_accum: int = 0  # microbatches per step, accumulated inside the jitted step; 0: auto (step.auto_grad_accum)
     remat: str = "none"  # none | full | dots
     progress: bool = True
+    # built-in tasks scored at every evaluation and in the summary: the group `stdlib` or its tasks
+    # (scalelab/tasks/builtin.py); other harness tasks: `scalelab eval RUN --tasks`
+    eval_tasks: list[str] = field(default_factory=list)
     # seconds without progress before the run ends itself (status failed, stacks in train.log, exit 5);
     # 0: never; unset: scaled from the measured step and eval times (scalelab/runtime/watchdog.py)
     stall_timeout: float | None = None

@@ -223,6 +223,23 @@ def with_law_lr(cfg: DictConfig, params: int, tokens: int, batch_tokens: int) ->
     return cfg
 
 
+def check_eval_tasks(names) -> tuple[str, ...]:
+    """`train.eval_tasks` expanded to built-in task names; a ConfigError for any other name, or for
+    several processes (the scorer runs on one)."""
+    from scalelab.tasks import builtin
+
+    tasks = builtin.expand(list(names))
+    unknown = [n for n in tasks if n not in builtin.TASKS]
+    if unknown:
+        raise ConfigError("train.eval_tasks", f"unknown task(s) {', '.join(map(repr, unknown))}: the loop scores the "
+                          f"built-in tasks ({builtin.GROUP}: {', '.join(builtin.TASKS)}); run other harness tasks "
+                          "on a checkpoint with `scalelab eval RUN --tasks NAMES`")
+    if tasks and jax.process_count() > 1:
+        raise ConfigError("train.eval_tasks", "task evaluation in the loop runs in one process; evaluate the "
+                          "checkpoints of a multi-process run with `scalelab eval RUN --tasks NAMES`")
+    return tuple(tasks)
+
+
 def build_run(cfg: DictConfig, run_dir, devices=None) -> Run:
     """Validate `cfg` and build its run (jax.distributed must already be initialised).
 
@@ -237,6 +254,7 @@ def build_run(cfg: DictConfig, run_dir, devices=None) -> Run:
     cfg = with_law_lr(cfg, counts.params, plan.steps * plan.tokens_per_step, cfg.train.batch_size * cfg.data.seq_len)
     s = typed(cfg)  # the record everything below is handed: after this line no DictConfig is read
     t = s.train
+    t.eval_tasks = list(check_eval_tasks(t.eval_tasks))
     mesh = meshlib.make_mesh(s.mesh, devices)
     rules = dict(s.mesh.rules)
     fns = model_fns(spec)

@@ -47,6 +47,26 @@ def evaluate(run: Run, params, batches, beat=None) -> float:
     return float(np.mean(losses))
 
 
+def evaluate_tasks(run: Run, params, beat=None) -> dict:
+    """`train.eval_tasks` scored with `params`: per task its accuracy, length-normalised accuracy
+    and the right choice's bits per byte, as `task/NAME/acc`, `.../acc_norm`, `.../bpb`; `beat()`
+    after each task (the watchdog's progress)."""
+    from scalelab.tasks import builtin, scoring
+
+    out = {}
+    for name in run.train.eval_tasks:
+        result = scoring.score_choices(run.fns, params, run.store.tokenizer, builtin.task_items(name), run.shape.seq_len)
+        out |= {f"task/{name}/{k}": float(result[k]) for k in ("acc", "acc_norm", "bpb")}
+        if beat is not None:
+            beat()
+    return out
+
+
+def task_fields(row: dict) -> dict:
+    """The task metrics of a metrics row (for the summary)."""
+    return {k: v for k, v in row.items() if k.startswith("task/")}
+
+
 class Recorder:
     """Turns each step's metrics into a `metrics.jsonl` row (speed, MFU, eval loss on eval steps)."""
 
@@ -74,6 +94,7 @@ class Recorder:
             self.dog.beat("eval", step)
             row["eval_loss"] = evaluate(self.run, params, self.eval_set, beat=lambda: self.dog.beat("eval", step))
             row["eval_bpb"] = self.run.bpb(row["eval_loss"])
+            row |= evaluate_tasks(self.run, params, beat=lambda: self.dog.beat("eval", step))
             self.eval_seconds += time.time() - now
             now = time.time()
         self.last_step, self.last_time = step, now
@@ -130,10 +151,12 @@ def train_loop(run: Run, state, data_state, start_step: int, ckpt, runlog, summa
                     break
             dog.beat("train step", step)
     speed = steady_speed(run, rec, first_done, loop_start, peak)
+    tasks = task_fields(rec.last_row)
     if eval_loss is None:  # resumed from the final checkpoint of a run killed before its summary
         dog.beat("eval", rec.last_step)
         eval_loss = evaluate(run, state["params"], eval_set, beat=lambda: dog.beat("eval", rec.last_step))
-    result = {"final_eval_loss": eval_loss, "final_train_loss": rec.last_row.get("train_loss"),
+        tasks = evaluate_tasks(run, state["params"])
+    result = {**tasks, "final_eval_loss": eval_loss, "final_train_loss": rec.last_row.get("train_loss"),
               "final_eval_bpb": run.bpb(eval_loss) if eval_loss is not None else None,
               "peak_flops": peak, "peak_method": peak_method, "steps_done": rec.last_step}
     return result | speed

@@ -31,7 +31,7 @@ from scalelab.config import ConfigError
 from scalelab.runfiles import TRAIN_LOG
 from scalelab.runtime import faults, watchdog
 from scalelab.train.build import Run
-from scalelab.train.loop import Diverged, Recorder, data_streams, evaluate
+from scalelab.train.loop import Diverged, Recorder, data_streams, evaluate, evaluate_tasks, task_fields
 from scalelab.train.preemption import PreemptionGuard
 from scalelab.train.progress import Progress
 from scalelab.train.runlog import read_metrics, write_summary
@@ -231,9 +231,12 @@ class PackedGroup:
 
     def _complete(self, m: Member, params, peak: float, status: str) -> None:
         rec = m.rec
+        tasks = task_fields(rec.last_row)
         if m.eval_loss is None:
             rec.dog.beat("eval", m.step)
             m.eval_loss = evaluate(m.run, params, m.eval_set, beat=lambda: rec.dog.beat("eval", m.step))
+            tasks = evaluate_tasks(m.run, params)
+        m.summary.update(tasks)
         m.summary.update(final_eval_loss=m.eval_loss, final_train_loss=rec.last_row.get("train_loss"),
                          final_eval_bpb=m.run.bpb(m.eval_loss), peak_flops=peak, steps_done=rec.last_step,
                          status=status)

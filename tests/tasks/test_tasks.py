@@ -114,3 +114,41 @@ def test_a_local_harness_task_runs_end_to_end_offline(model, tmp_path):
                                  [{"context": r["q"], "choices": r["choices"], "answer": r["gold"]} for r in rows],
                                  int(model.config.data.seq_len))
     assert results["local_brackets"]["acc,none"] == pytest.approx(mine["acc"])
+
+
+def test_tasks_in_the_loop_reach_metrics_summary_and_collect_and_packed_members_match(tmp_path):
+    from scalelab.analysis import collect
+    from scalelab.sweep.packed import Job, run_jobs
+    from scalelab.train.runlog import read_metrics, read_summary
+
+    overrides = [*TINY, "train.eval_tasks=[stdlib]", "train.eval_every=6"]
+    solo = tmp_path / "sweep" / "solo"
+    fit(build_run(compose_config(overrides), solo, jax.local_devices()[:1]))
+    evaluated = [r for r in read_metrics(solo) if "eval_loss" in r]
+    assert [r["step"] for r in evaluated] == [6, 12]
+    keys = {f"task/{t}/{m}" for t in builtin.TASKS for m in ("acc", "acc_norm", "bpb")}
+    assert all(keys <= set(r) for r in evaluated)
+    summary = read_summary(solo)
+    assert {k: summary[k] for k in keys} == {k: evaluated[-1][k] for k in keys}
+    # the loop's numbers are the scorer's on the final parameters
+    final = load_model(solo)
+    again = scoring.score_choices(final.fns, final.params, final.tokenizer, builtin.task_items("stdlib_ident"), 32)
+    assert summary["task/stdlib_ident/acc"] == pytest.approx(again["acc"])
+    assert summary["task/stdlib_ident/bpb"] == pytest.approx(again["bpb"], rel=1e-5)
+
+    jobs = [Job(cfg=compose_config([*overrides, f"train.seed={k}"]), run_dir=tmp_path / "sweep" / f"m{k}")
+            for k in (0, 1)]
+    run_jobs(jobs, max_members=2)
+    assert all(j.error is None for j in jobs)
+    member = read_summary(tmp_path / "sweep" / "m0")
+    assert member["task/stdlib_ident/acc"] == pytest.approx(summary["task/stdlib_ident/acc"])
+    table = collect([tmp_path / "sweep"])
+    assert keys <= set(table.columns) and table["task/stdlib_close/acc"].notna().all()
+
+
+def test_an_unknown_eval_task_fails_before_compilation_naming_the_key(tmp_path):
+    from scalelab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.eval_tasks") as exc:
+        build_run(compose_config([*TINY, "train.eval_tasks=[stdlib,hellaswag]"]), tmp_path / "run")
+    assert "hellaswag" in str(exc.value) and "scalelab eval" in str(exc.value)

@@ -41,6 +41,7 @@ STUDY_COLUMNS = {"lr": "optimizer.lr", "seed": "train.seed", "batch_size": "trai
                  "seq_len": "data.seq_len", "schedule": "schedule.name", "warmup": "schedule.warmup"}
 # run facts copied from summary.json when present (packed_with becomes its group's size)
 SUMMARY_COLUMNS = ("mfu", "wall_seconds", "packed_with", "params_active", "experts", "top_k")
+TASK_PREFIX = "task/"  # summary fields task/NAME/acc, acc_norm, bpb: kept as columns of those names
 # config keys the table already has under another name
 COVERED_KEYS = frozenset({"model.name", "data.tokens", "budget", *STUDY_COLUMNS.values()})
 CONFIG = "_config"   # a row's flattened config while collecting; not a column of the result
@@ -109,6 +110,8 @@ def read_summary_row(run_dir: Path, sweep: str) -> dict:
         if column in summary:
             value = summary[column]
             row[column] = len(value) if isinstance(value, list) else _number(value)
+    for column in (k for k in summary if k.startswith(TASK_PREFIX)):  # train.eval_tasks' final scores
+        row[column] = _number(summary[column])
     config = summary.get("config")
     row[CONFIG] = flatten_config(config) if isinstance(config, dict) else {}
     usable = all(np.isfinite(row[k]) and row[k] > 0 for k in ("params", "tokens", "flops", "loss"))
@@ -243,8 +246,10 @@ def add_config_columns(table: pd.DataFrame) -> pd.DataFrame:
     parts = [table[[c for c in RUN_COLUMNS if c in table.columns]],
              pd.DataFrame(study, index=table.index),
              table[[c for c in SUMMARY_COLUMNS if c in table.columns]],
+             table[sorted(c for c in table.columns if c.startswith(TASK_PREFIX))],
              pd.DataFrame(varying, index=table.index),
-             table[[c for c in table.columns if c not in RUN_COLUMNS and c not in SUMMARY_COLUMNS]]]
+             table[[c for c in table.columns if c not in RUN_COLUMNS and c not in SUMMARY_COLUMNS
+                    and not c.startswith(TASK_PREFIX)]]]
     out = pd.concat(parts, axis=1)
     out.attrs = dict(table.attrs)
     return out
