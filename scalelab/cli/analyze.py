@@ -66,8 +66,8 @@ def _delta(text: str):
 
 
 def add_subparsers(subparsers) -> None:
-    """Register collect, fit, predict, suggest, compare, report, lr-law, rung and verify on ``subparsers``."""
-    from scalelab.cli import rung
+    """Register collect, fit, predict, suggest, compare, report, lr-law, rung, verify and tasks on ``subparsers``."""
+    from scalelab.cli import rung, tasks
 
     _add_collect(subparsers)
     _add_fit_and_compare(subparsers)
@@ -75,6 +75,7 @@ def add_subparsers(subparsers) -> None:
     _add_report(subparsers)
     _add_lr_law(subparsers)
     rung.add_parsers(subparsers, _guarded)
+    tasks.add_parsers(subparsers, _guarded)
 
 
 def _add_collect(subparsers) -> None:

@@ -3,8 +3,9 @@ built-in tasks in the training loop, `scalelab eval --tasks` and the lm-evaluati
 
 A (context, continuation) pair is encoded as the harness's own models do: the context, then the
 tokens the whole string has beyond the context's (an empty context starts from the end-of-text
-id), truncated on the left to the model's window. Rows are right-padded to a power of two
-(few compilations) and scored by `model.loss.continuation_logprobs`.
+id), truncated on the left to the model's window. Every row of a call is right-padded to the
+longest (one compilation; lengths are rounded up to a power of two unless the window cuts them) and
+scored by `model.loss.continuation_logprobs`.
 
 Shapes: B rows, T tokens.
 """
@@ -21,7 +22,7 @@ from scalelab.model.functional import ModelFns
 from scalelab.model.loss import continuation_logprobs
 from scalelab.model.transformer import ModelSpec
 
-BATCH = 64  # rows per jitted call
+BATCH = 128  # rows per jitted call
 
 
 @functools.lru_cache(maxsize=8)
@@ -41,14 +42,20 @@ def encode_pair(tokenizer, context: str, continuation: str, window: int) -> tupl
     return np.asarray(ids, np.int32), min(len(tail), len(ids) - 1)
 
 
+def window_of(rows) -> int:
+    """The longest row: rows cut to a model's window are padded to it, not to the next power of two."""
+    return max(len(ids) for ids, _ in rows)
+
+
 def score_rows(fns: ModelFns, params, rows: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
     """(log-probability of each row's last n tokens given the rest, whether they are all greedy)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     logprob, greedy = np.zeros(len(rows)), np.zeros(len(rows), bool)
     score = _scorer(fns.spec)
+    longest = window_of(rows)
+    width = min(2 ** math.ceil(math.log2(longest)), max(longest, 16))  # one program for every call
     for start in range(0, len(order), BATCH):
         chunk = order[start:start + BATCH]
-        width = 2 ** math.ceil(math.log2(max(len(rows[i][0]) for i in chunk)))
         windows_BxT1 = np.zeros((BATCH, width), np.int32)
         mask_BxT = np.zeros((BATCH, width - 1), bool)
         for r, i in enumerate(chunk):

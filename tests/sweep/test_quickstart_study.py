@@ -63,6 +63,9 @@ def test_reduced_quickstart_study_end_to_end(tmp_path):
     assert selection["chosen"] in ("chinchilla", "kaplan", "kaplan-e") and "law form was chosen by the data" in text
     runs = pd.read_csv(rep / "runs.csv")
     assert len(runs) == len(summaries) and {"lr", "seed", "seq_len", "wall_seconds", "status"} <= set(runs)
+    # the study scores the built-in tasks at each run's end; the report fits each task's chain
+    assert {"task/stdlib_keyword/acc", "task/stdlib_keyword/bpb"} <= set(runs) and runs["task/stdlib_keyword/acc"].notna().all()
+    assert "## Tasks" in text and {t["task"] for t in fits["tasks"]} == {"stdlib_close", "stdlib_ident", "stdlib_keyword"}
 
     stamps = {p: p.stat().st_mtime_ns for p in summaries}
     again = run_study(out)

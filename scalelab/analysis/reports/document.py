@@ -64,6 +64,8 @@ def render(studies, figures, comparison_figures, result, bootstrap: int) -> str:
         out += _study_section(study, figures.get(study.label, []))
     if result.rung:
         out += rung_section(result.rung, result.rung_figure)
+    if result.tasks:
+        out += tasks_section(result.tasks)
     if comparison_figures or result.comparisons:
         out += _comparison_section(result.comparisons, comparison_figures)
     out += ["## Figures not drawn", ""]
@@ -258,6 +260,43 @@ def _inside(value) -> str:
 def _band(row: dict, key: str) -> str:
     band = row.get(key)
     return "" if not band else f" [{fixed(band[0])}, {fixed(band[1])}]"
+
+
+def _measured_band(h: dict) -> str:
+    band = h.get("measured_interval")
+    return f" [{fixed(band[0], 3)}, {fixed(band[1], 3)}]" if band else ""
+
+
+def tasks_section(tasks: list[dict]) -> list[str]:
+    """Per task: the chain's two steps, its verdict, the held-out prediction of the largest budget's
+    accuracy against the measured accuracy."""
+    lines = ["## Tasks", "",
+             "Each task's accuracy is predicted from the runs by a two-step chain: the bits per byte of the right "
+             "choice against N and D (a law form), then accuracy against those bits per byte (a sigmoid between "
+             "chance and a fitted ceiling); intervals from resampling the runs and refitting both steps. The "
+             "held-out check fits without the largest budget and predicts its best point (the mean of its seeds); "
+             "its 95% prediction interval includes the noise of one measurement on the task's items; the measured "
+             "accuracy's own 95% interval (binomial over its items and seeds) follows it.", ""]
+    rows = []
+    for t in tasks:
+        h = t.get("holdout") or {}
+        if "sigmoid" not in t:
+            rows.append([t["task"], "not fitted", "", "", "", t.get("reason", "")])
+            continue
+        s = t["sigmoid"]
+        held = ("n/a: " + h["failed"]) if "failed" in h else (
+            f"{fixed(h['predicted'], 3)} [{fixed(h['interval'][0], 3)}, {fixed(h['interval'][1], 3)}] against "
+            f"{fixed(h['measured'], 3)}{_measured_band(h)} ({h['seeds']} seed(s)): "
+            f"{'inside' if h['inside'] else 'OUTSIDE'}" if h.get("interval") else "")
+        rows.append([t["task"], "determined" if t["determined"] else "not determined",
+                     f"{t['law']}: alpha {t['law_values'].get('alpha', math.nan):.3g}, beta "
+                     f"{t['law_values'].get('beta', math.nan):.3g}",
+                     f"ceiling {s['ceiling']:.2f}, midpoint {s['mid']:.2f}", held, t.get("reason", "")])
+    lines += [table(["task", "status", "step 1", "step 2", "held-out (largest budget)", "why not determined"], rows), ""]
+    for t in tasks:
+        if t.get("figure"):
+            lines += [f"![task {t['task']}]({t['figure']})", ""]
+    return lines
 
 
 def _weights(rung: dict) -> str:

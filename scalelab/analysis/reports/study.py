@@ -74,6 +74,7 @@ class ReportResult:
     verdicts: dict = field(default_factory=dict)   # study label -> Verdict
     rung: dict | None = None                       # the verified prediction rung (`rung=`), fits.json's `rung`
     rung_figure: str | None = None
+    tasks: list = field(default_factory=list)      # the task chains (runs with task metrics), fits.json's `tasks`
 
     @property
     def verdict(self) -> Verdict | None:
@@ -255,6 +256,9 @@ def report(inputs, out_dir, approaches=ALL_APPROACHES, bootstrap: int = 100, hol
     if rung is not None:
         _add_rung(rung, studies, out_dir, result)
         fits[result.rung["study"]]["rung"] = result.rung
+    _add_tasks(studies[0], out_dir, result, bootstrap, seed)
+    if result.tasks:
+        fits[studies[0].label]["tasks"] = result.tasks
     (out_dir / "fits.json").write_text(json.dumps(json_safe(fits), indent=1))
     (out_dir / "verdict.json").write_text(json.dumps(json_safe({
         s.label: s.verdict.to_dict() for s in studies}), indent=1))
@@ -270,6 +274,33 @@ def _add_rung(rung_dir, studies: list[Study], out_dir: Path, result: ReportResul
     result.rung = {"study": study.label, "source": str(Path(rung_dir) / PLAN),
                    "weighting": (plan.get("rival_forms") or {}).get("weighting"), **verify_dir(rung_dir, plan=plan)}
     result.rung_figure = _draw("rung", lambda: rung_figure(study.table, plan, result.rung), out_dir, result)
+
+
+def _add_tasks(study: Study, out_dir: Path, result: ReportResult, bootstrap: int, seed: int) -> None:
+    """The two-step chain of every task the study's runs were scored on: fitted, checked on the largest
+    budget held out, drawn (scalelab/analysis/tasks/chain.py)."""
+    from scalelab.analysis.reports.task_plots import task_figure
+    from scalelab.analysis.tasks.chain import fit_chain, holdout_chain
+    from scalelab.tasks import builtin
+
+    names = sorted({c.split("/")[1] for c in study.table.columns if c.startswith("task/") and c.endswith("/acc")})
+    for name in names:
+        items = len(builtin.task_items(name)) if name in builtin.TASKS else None
+        options = {"bootstrap": min(bootstrap, 100), "seed": seed, "items": items}
+        try:
+            chain = fit_chain(study.table, name, **options)
+        except AnalysisError as exc:
+            result.tasks.append({"task": name, "determined": False, "reason": str(exc)})
+            continue
+        try:
+            chain.holdout = holdout_chain(study.table, name, **options)
+        except AnalysisError as exc:
+            chain.holdout = {"failed": str(exc)}
+        entry = chain.to_dict()
+        held = chain.holdout if "failed" not in chain.holdout else None
+        entry["figure"] = _draw(f"task_{name}", lambda chain=chain, held=held: task_figure(study.table, chain, held),
+                                out_dir, result)
+        result.tasks.append(entry)
 
 
 def _compare_studies(base: Study, other: Study, budgets) -> CompareResult | str:
