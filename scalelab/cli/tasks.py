@@ -26,7 +26,7 @@ def add_parsers(subparsers, guarded) -> None:
                    "trained on D tokens")
     p.add_argument("--chance", type=float, default=0.25, help="the task's chance accuracy (default 0.25: 4 choices)")
     p.add_argument("--items", type=int, metavar="N", help="items a measurement scores (for the prediction interval; "
-                   "default: the built-in task's count, else none)")
+                   "default: the runs' task/NAME/items column, else the built-in task's count, else none)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="B", help="resamples of the runs (default 200)")
     p.add_argument("--seed", type=int, default=0)
     common.add_out(p, "tasks.json and the task's figure", required=False)
@@ -51,16 +51,16 @@ def default_items(task: str) -> int | None:
 
 
 def run_tasks(args) -> int:
-    from scalelab.analysis import load_inputs
-    from scalelab.analysis.tasks.chain import fit_chain, holdout_chain
+    from scalelab.analysis import AnalysisError, load_inputs
+    from scalelab.analysis.tasks.chain import fit_chain, holdout_chain, items_of, runs_for
 
     table, _ = load_inputs(args.table)
-    items = args.items or default_items(args.task)
+    items = args.items or items_of(runs_for(table, args.task, args.metric), args.task) or default_items(args.task)
     options = {"law": args.law, "bootstrap": args.bootstrap, "seed": args.seed, "chance": args.chance, "items": items}
     chain = fit_chain(table, args.task, args.metric, **options)
     try:
         chain.holdout = holdout_chain(table, args.task, args.metric, **options)
-    except Exception as exc:  # noqa: BLE001 - too few runs below the largest budget: said, not fatal
+    except AnalysisError as exc:  # too few runs below the largest budget: said, not fatal
         chain.holdout = {"failed": str(exc)}
     result = chain.to_dict()
     if args.target:

@@ -48,15 +48,15 @@ def evaluate(run: Run, params, batches, beat=None) -> float:
 
 
 def evaluate_tasks(run: Run, params, beat=None) -> dict:
-    """`train.eval_tasks` scored with `params`: per task its accuracy, length-normalised accuracy
-    and the right choice's bits per byte, as `task/NAME/acc`, `.../acc_norm`, `.../bpb`; `beat()`
-    after each task (the watchdog's progress)."""
+    """`train.eval_tasks` scored with `params`: per task its accuracy, length-normalised accuracy,
+    the right choice's bits per byte and its number of items, as `task/NAME/acc`, `.../acc_norm`,
+    `.../bpb`, `.../items`; `beat()` after each task (the watchdog's progress)."""
     from scalelab.tasks import builtin, scoring
 
     out = {}
     for name in run.train.eval_tasks:
         result = scoring.score_choices(run.fns, params, run.store.tokenizer, builtin.task_items(name), run.shape.seq_len)
-        out |= {f"task/{name}/{k}": float(result[k]) for k in ("acc", "acc_norm", "bpb")}
+        out |= {f"task/{name}/{k}": float(result[k]) for k in ("acc", "acc_norm", "bpb", "items")}
         if beat is not None:
             beat()
     return out

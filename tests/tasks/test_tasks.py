@@ -130,6 +130,7 @@ def test_tasks_in_the_loop_reach_metrics_summary_and_collect_and_packed_members_
     assert all(keys <= set(r) for r in evaluated)
     summary = read_summary(solo)
     assert {k: summary[k] for k in keys} == {k: evaluated[-1][k] for k in keys}
+    assert summary["task/stdlib_ident/items"] == len(builtin.task_items("stdlib_ident"))
     # the loop's numbers are the scorer's on the final parameters
     final = load_model(solo)
     again = scoring.score_choices(final.fns, final.params, final.tokenizer, builtin.task_items("stdlib_ident"), 32)

@@ -281,12 +281,10 @@ def _add_tasks(study: Study, out_dir: Path, result: ReportResult, bootstrap: int
     budget held out, drawn (scalelab/analysis/tasks/chain.py)."""
     from scalelab.analysis.reports.task_plots import task_figure
     from scalelab.analysis.tasks.chain import fit_chain, holdout_chain
-    from scalelab.tasks import builtin
 
     names = sorted({c.split("/")[1] for c in study.table.columns if c.startswith("task/") and c.endswith("/acc")})
     for name in names:
-        items = len(builtin.task_items(name)) if name in builtin.TASKS else None
-        options = {"bootstrap": min(bootstrap, 100), "seed": seed, "items": items}
+        options = {"bootstrap": min(bootstrap, 100), "seed": seed}  # items: the runs' task/NAME/items
         try:
             chain = fit_chain(study.table, name, **options)
         except AnalysisError as exc:

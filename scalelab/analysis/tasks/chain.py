@@ -125,6 +125,12 @@ def best_over_sizes(chain: TaskChain, flops, sizes, values=None, sigmoid_params=
     return sigmoid(bpb, chain.chance, ceiling, mid, k).max(axis=1)
 
 
+def items_of(runs: pd.DataFrame, task: str) -> int | None:
+    """The items each run was scored on (the table's task/NAME/items column), if it says."""
+    column = f"task/{task}/items"
+    return int(runs[column].median()) if column in runs and runs[column].notna().any() else None
+
+
 def runs_for(table: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
     acc, bpb = task_columns(task, metric)
     missing = [c for c in (acc, bpb) if c not in table.columns]
@@ -161,6 +167,7 @@ def fit_chain(table: pd.DataFrame, task: str, metric: str = "acc", law: str = "c
               seed: int = 0, chance: float = CHANCE, items: int | None = None, n_starts: int | None = 256) -> TaskChain:
     """Fit the two steps to the runs of `table` that carry the task's metrics; bootstrap both."""
     runs = runs_for(table, task, metric)
+    items = items or items_of(runs, task)
     form = resolve_law(law)
     step1 = fit_law(runs, form, n_starts=n_starts, seed=seed)
     if not step1.converged:
