@@ -156,7 +156,7 @@ def tokens_for_budget(s: Shape, budget: float) -> float:
 
 
 # Words (4 bytes) a training step keeps per token of one microbatch, fitted to XLA's memory analysis
-# of compiled steps on CPU (11 shapes, 50K-32M parameters, within 10%; NOTES.md): per layer, per unit
+# of compiled steps on CPU (11 shapes, 50K-32M parameters, within 10.2%; NOTES.md): per layer, per unit
 # of model width, of MLP width and of attention score (heads x seq_len, where the scores are
 # materialized: xla and blockwise attention, not the flash kernels); and per vocabulary entry (logits)
 ACTIVATION_WORDS = {"d_model": 2.0, "d_ff": 10.0, "scores": 1.25, "vocab": 2.5}

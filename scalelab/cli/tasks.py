@@ -28,7 +28,7 @@ def add_parsers(subparsers, guarded) -> None:
     p.add_argument("--items", type=int, metavar="N", help="items a measurement scores (for the prediction interval; "
                    "default: the runs' task/NAME/items column, else the built-in task's count, else none)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="B", help="resamples of the runs (default 200)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of step 1's starts (default 0)")
     common.add_out(p, "tasks.json and the task's figure", required=False)
     common.add_json(p, "the result")
     p.set_defaults(func=guarded(run_tasks))

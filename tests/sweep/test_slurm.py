@@ -231,6 +231,13 @@ def wait_until(condition, timeout: float, what: str, poll: float = 0.2):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def start_now(job: str) -> None:
+    """A requeued job, once pending again, allowed to start at once (SLURM holds a requeued job for
+    two minutes before it may start again)."""
+    wait_until(lambda: squeue_jobs().get(job) == "PD", 60, f"job {job} to be pending again")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, capture_output=True)
+
+
 # 40 steps, a checkpoint every 5, every step logged
 REQUEUED = ["model=p50k", "data.tokens=10240", *SMALL, "train.log_every=1", "checkpoint.every=5"]
 
@@ -275,9 +282,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_with_the_uninterrupted_losse
         (job,) = jobs
         run_dir = next(p.parent.parent for p in sweep_dir.glob("*/checkpoints/*"))
         subprocess.run(REQUEUE_BY[how](job), check=True, capture_output=True, text=True)
-        # SLURM holds a requeued job for two minutes before it may start again: let it start now
-        wait_until(lambda: squeue_jobs().get(job) == "PD", 60, "the job to be pending again")
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, capture_output=True)
+        start_now(job)
         out, err = sweep.communicate(timeout=600)
     finally:
         sweep.kill()
@@ -356,8 +361,7 @@ def test_a_packed_sweep_on_slurm_trains_each_group_as_one_job_and_survives_a_req
         cancelled = next(j for j, m in groups.items() if len(m) == 1)  # the p150k member
         subprocess.run(["scontrol", "requeue", requeued], check=True, capture_output=True, text=True)
         subprocess.run(["scancel", cancelled], check=True, capture_output=True, text=True)
-        wait_until(lambda: squeue_jobs().get(requeued) == "PD", 60, "the requeued job to be pending again")
-        subprocess.run(["scontrol", "update", f"JobId={requeued}", "StartTime=now"], check=True, capture_output=True)
+        start_now(requeued)
         out, err = sweep.communicate(timeout=600)
     finally:
         sweep.kill()

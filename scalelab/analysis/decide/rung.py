@@ -256,12 +256,12 @@ def frontier_loss(fit: dict | None, budget: float) -> float | None:
 
 def rung_overrides(plan: dict, sweep_dir, tokens_per_param=(0.01, 1e6)) -> list[str]:
     """The Hydra overrides that train the rung with the study's own config (IsoFLOP sweeper, one budget;
-    the study's per-budget sweep values, `budget_params`, name budgets the rung does not have)."""
+    the study's per-budget sweep values, `budget_params`, name budgets the rung does not have: the
+    sweeper ignores them with a note)."""
     models = ",".join(s["model"] for s in plan["sizes"])
     low, high = tokens_per_param
     return [f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.budgets=[{plan['budget']:g}]",
-            f"hydra.sweeper.models=[{models}]", f"hydra.sweeper.tokens_per_param=[{low:g},{high:g}]",
-            "hydra.sweeper.budget_params=null"]
+            f"hydra.sweeper.models=[{models}]", f"hydra.sweeper.tokens_per_param=[{low:g},{high:g}]"]
 
 
 def lr_check_overrides(plan: dict, sweep_dir, seed: int = 0, scales=LR_SCALES) -> list[str]:
