@@ -432,3 +432,6 @@ def validate_moe(cfg: DictConfig) -> None:
             raise ConfigError(f"model.moe.{key}", f"must be zero or positive; got {moe[key]}")
     if mesh.expert > 1 and moe.experts % mesh.expert:
         raise ConfigError("mesh.expert", f"must divide model.moe.experts={moe.experts}; got {mesh.expert}")
+    if mesh.expert > 1 and mesh.impl == "shard_map" and moe.dispatch == "dropless":
+        raise ConfigError("model.moe.dispatch", "dropless experts are not split over devices by mesh.impl=shard_map; "
+                                                "use dispatch=capacity, mesh.expert=1 or mesh.impl=jit")

@@ -31,6 +31,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from scalelab.model import hints
+
 
 def capacity(seq_len: int, top_k: int, experts: int, factor: float) -> int:
     """Slots per expert and sequence."""
@@ -48,14 +50,18 @@ def route(x_BxTxD, router_DxE, top_k: int):
 
 def router_stats(logits_BxTxE, experts_BxTxK, kept_BxTxK) -> dict:
     """The layer's auxiliary losses and load figures (scalars)."""
-    E = logits_BxTxE.shape[-1]
-    counts_E = jnp.sum(jax.nn.one_hot(experts_BxTxK, E, dtype=jnp.float32), axis=(0, 1, 2))
+    B, T, E = logits_BxTxE.shape
+    # sums over the whole batch (hints.batch_sum adds the other devices' rows under shard_map)
+    tokens = hints.batch_sum(jnp.float32(B * T))
+    counts_E = hints.batch_sum(jnp.sum(jax.nn.one_hot(experts_BxTxK, E, dtype=jnp.float32), axis=(0, 1, 2)))
     share_E = counts_E / jnp.sum(counts_E)
-    mean_prob_E = jnp.mean(jax.nn.softmax(logits_BxTxE, axis=-1), axis=(0, 1))
+    mean_prob_E = hints.batch_sum(jnp.sum(jax.nn.softmax(logits_BxTxE, axis=-1), axis=(0, 1))) / tokens
+    z_sum = hints.batch_sum(jnp.sum(jax.nn.logsumexp(logits_BxTxE, axis=-1) ** 2))
+    kept = hints.batch_sum(jnp.sum(kept_BxTxK.astype(jnp.float32)))
     return {"aux_loss": E * jnp.sum(share_E * mean_prob_E),
-            "z_loss": jnp.mean(jax.nn.logsumexp(logits_BxTxE, axis=-1) ** 2),
+            "z_loss": z_sum / tokens,
             "max_load": jnp.max(counts_E) / jnp.mean(counts_E),
-            "dropped": 1.0 - jnp.mean(kept_BxTxK.astype(jnp.float32))}
+            "dropped": 1.0 - kept / (tokens * experts_BxTxK.shape[-1])}
 
 
 def slots(experts_BxTxK, n_experts: int, cap: int, filled_BxE=None):

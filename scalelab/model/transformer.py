@@ -197,9 +197,7 @@ class MoE(nnx.Module):
             filled_BxE = None if cache is None else cache.filled(T)
             slot_BxTxK, kept_BxTxK = moe.slots(experts_BxTxK, s.experts, C, filled_BxE)
             x_BxExCxD = moe.gather_to_slots(x_BxTxD, slot_BxTxK, s.experts * C).reshape(B, s.experts, C, -1)
-            x_BxExCxD = hints.constrain(x_BxExCxD, ("expert_batch", "expert", None, None))
-            y_BxExCxD = hints.constrain(moe.swiglu_experts(x_BxExCxD, *weights),
-                                        ("expert_batch", "expert", None, None))
+            y_BxExCxD = hints.from_experts(moe.swiglu_experts(hints.to_experts(x_BxExCxD), *weights))
             y_BxTxD = moe.combine_from_slots(y_BxExCxD.reshape(B, s.experts * C, -1), slot_BxTxK, weights_BxTxK,
                                              kept_BxTxK)
             y_BxTxD = hints.constrain(y_BxTxD, ("batch", None, None))

@@ -9,6 +9,7 @@ traced function (free at run time); the loss is `scalelab.model.loss.next_token_
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -71,17 +72,24 @@ def auto_grad_accum(batch_size: int, seq_len: int, batch_shards: int, platform: 
     return best
 
 
-def shard_map_loss_and_grads(fns: ModelFns, mesh, param_specs, batch_spec, grad_accum: int):
-    """Data- and FSDP-parallel loss and gradients, with every collective written out.
+BATCH_AXES = ("data", "fsdp", "expert")  # the mesh axes shard_map splits the batch over
 
-    Each device holds its FSDP shard of every parameter and its rows of the batch. It all-gathers
-    the parameters over `fsdp`, runs forward and backward on its rows, then reduce-scatters each
-    gradient back to its shard over `fsdp` (psum for unsharded ones) and sums over `data`. The
-    result is the mean gradient of the global batch, sharded like the parameters.
+
+def shard_map_loss_and_grads(fns: ModelFns, mesh, param_specs, batch_spec, grad_accum: int):
+    """Data-, FSDP- and expert-parallel loss and gradients, with every collective written out.
+
+    Each device holds its FSDP shard of every parameter, its share of the experts (an `expert` axis)
+    and its rows of the batch. It all-gathers the parameters over `fsdp` and runs forward and backward
+    on its rows; an MoE layer sends its tokens' slots to their experts' devices and back by
+    all-to-all (scalelab/model/hints.py), whose transpose brings each expert the gradient of every
+    token it served. Each gradient is then reduce-scattered back to its shard over `fsdp` and summed
+    over the batch axes its parameter is not split over. The result is the mean gradient of the
+    global batch, sharded like the parameters.
     """
     from jax.sharding import PartitionSpec as P
 
-    n_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    n_shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    expert_axis = "expert" if mesh.shape["expert"] > 1 else None
 
     def fsdp_dim(spec) -> int | None:
         for dim, entry in enumerate(spec):
@@ -89,17 +97,19 @@ def shard_map_loss_and_grads(fns: ModelFns, mesh, param_specs, batch_spec, grad_
                 return dim
         return None
 
+    def split_over(spec) -> set:
+        return {a for entry in spec for a in meshlib.mesh_axes_of(entry)}
+
     def gather(p, spec):
         dim = fsdp_dim(spec)
         return p if dim is None else jax.lax.all_gather(p, "fsdp", axis=dim, tiled=True)
 
     def reduce(g, spec):
         dim = fsdp_dim(spec)
-        if dim is None:
-            g = jax.lax.psum(g, ("data", "fsdp"))
-        else:
-            g = jax.lax.psum(jax.lax.psum_scatter(g, "fsdp", scatter_dimension=dim, tiled=True), "data")
-        return g / n_shards
+        if dim is not None:
+            g = jax.lax.psum_scatter(g, "fsdp", scatter_dimension=dim, tiled=True)
+        rest = tuple(a for a in BATCH_AXES if a not in split_over(spec))
+        return (jax.lax.psum(g, rest) if rest else g) / n_shards
 
     def as_local(p):
         # Mark the gathered copy as per-device, so that autodiff returns this device's own gradient
@@ -107,14 +117,15 @@ def shard_map_loss_and_grads(fns: ModelFns, mesh, param_specs, batch_spec, grad_
         # reductions below are the only ones.
         aval = jax.typeof(p)
         varying = aval.vma if hasattr(aval, "vma") else aval.manual_axis_type.varying
-        missing = tuple(a for a in ("data", "fsdp") if a not in varying)
+        missing = tuple(a for a in BATCH_AXES if a not in varying)
         return jax.lax.pcast(p, missing, to="varying") if missing else p
 
     def local(params, batch_BxT1):
         full = jax.tree.map(lambda p, spec: as_local(gather(p, spec)), params, param_specs)
-        metrics, grads = loss_and_grads(fns, full, batch_BxT1, grad_accum)
+        with hints.device_collectives(expert_axis, BATCH_AXES):
+            metrics, grads = loss_and_grads(fns, full, batch_BxT1, grad_accum)
         grads = jax.tree.map(reduce, grads, param_specs)
-        return jax.tree.map(lambda m: jax.lax.pmean(m, ("data", "fsdp")), metrics), grads
+        return jax.tree.map(lambda m: jax.lax.pmean(m, BATCH_AXES), metrics), grads
 
     return jax.shard_map(local, mesh=mesh, in_specs=(param_specs, batch_spec), out_specs=(P(), param_specs))
 
@@ -141,15 +152,17 @@ class Steps:
 def _grads_fn(fns: ModelFns, mesh, param_sh, batch_size: int, grad_accum: int, impl: str):
     if impl != "shard_map":
         return partial(loss_and_grads, fns, grad_accum=grad_accum)
-    for axis in ("tensor", "expert"):
-        if mesh.shape[axis] > 1:
-            raise ConfigError("mesh.impl", f"shard_map writes out data and FSDP parallelism only; set mesh.{axis}=1 "
-                                           f"or use mesh.impl=jit for {axis} parallelism")
+    if mesh.shape["tensor"] > 1:
+        raise ConfigError("mesh.impl", "shard_map writes out data, FSDP and expert parallelism only; set "
+                                       "mesh.tensor=1 or use mesh.impl=jit for tensor parallelism")
+    if mesh.shape["expert"] > 1 and fns.spec.moe_dispatch == "dropless":
+        raise ConfigError("model.moe.dispatch", "dropless experts are not split over devices by mesh.impl=shard_map; "
+                                                "use dispatch=capacity, mesh.expert=1 or mesh.impl=jit")
     param_specs = jax.tree.map(lambda s: s.spec, param_sh)
-    if batch_size // grad_accum // (mesh.shape["data"] * mesh.shape["fsdp"]) < 1:
+    if batch_size // grad_accum // math.prod(mesh.shape[a] for a in BATCH_AXES) < 1:
         raise ConfigError("train.grad_accum", "each device needs at least one row per microbatch")
-    # name both batch axes even when one has size 1, so every device's loss "varies" over both
-    batch_spec = jax.sharding.PartitionSpec(("data", "fsdp"))
+    # name every batch axis even when one has size 1, so every device's loss "varies" over all of them
+    batch_spec = jax.sharding.PartitionSpec(BATCH_AXES)
     return shard_map_loss_and_grads(fns, mesh, param_specs, batch_spec, grad_accum)
 
 

@@ -135,9 +135,10 @@ def test_moe_training_flops_match_xla_cost_analysis(shape):
     ("model.moe.capacity_factor=0", "model.moe.capacity_factor"),
     ("mesh.expert=3", "mesh.expert"),
     ("model.moe.dispatch=sorted", "model.moe.dispatch"),
+    ("model.moe.dispatch=dropless mesh.expert=2 mesh.impl=shard_map", "model.moe.dispatch"),
 ])
 def test_bad_moe_configs_fail_before_compilation_naming_the_key(override, key):
-    cfg = compose_config([*TINY, "model.moe.experts=8", override])
+    cfg = compose_config([*TINY, "model.moe.experts=8", *override.split()])
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert err.value.key == key

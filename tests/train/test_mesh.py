@@ -106,22 +106,34 @@ def moe_reference():
     return train_losses(1, 1, 1, devices=jax.devices()[:1], spec=MOE_SPEC)[0]
 
 
-@pytest.mark.parametrize("data, fsdp", [(2, 1), (1, 2)])
-def test_expert_parallel_moe_matches_one_device(moe_reference, data, fsdp):
-    """Experts split 4 ways (tokens sent to their experts' devices and back), with data or FSDP of 2."""
-    losses, state = train_losses(data, fsdp, 1, spec=MOE_SPEC, expert=4)
+@pytest.mark.parametrize("data, fsdp, impl", [(2, 1, "jit"), (1, 2, "jit"), (2, 1, "shard_map"), (1, 2, "shard_map")])
+def test_expert_parallel_moe_matches_one_device(moe_reference, data, fsdp, impl):
+    """Experts split 4 ways (tokens sent to their experts' devices and back), with data or FSDP of 2,
+    by GSPMD (jit) or by the step's own all-to-all (shard_map)."""
+    losses, state = train_losses(data, fsdp, 1, spec=MOE_SPEC, expert=4, impl=impl)
     assert moe_reference[-1] < moe_reference[0] - 1.0
     np.testing.assert_allclose(losses, moe_reference, rtol=1e-5)
     w_up = state["params"]["blocks"]["0"]["mlp"]["w_up"]
     assert w_up.sharding.shard_shape(w_up.shape)[0] == 8 // 4  # each device holds 2 of the 8 experts
-    text = state_step_text(data, fsdp)
+    text = state_step_text(data, fsdp, impl)
     assert "all-to-all" in text  # tokens travel to their experts, not the experts to the tokens
 
 
-def state_step_text(data, fsdp) -> str:
+def test_data_parallel_shard_map_moe_balances_the_whole_batch(moe_reference):
+    """The router's statistics (and the aux loss made of them) are the global batch's, not each device's."""
+    losses, _ = train_losses(8, 1, 1, spec=MOE_SPEC, impl="shard_map")
+    np.testing.assert_allclose(losses, moe_reference, rtol=1e-5)
+
+
+def test_shard_map_refuses_dropless_experts_over_devices():
+    with pytest.raises(ConfigError, match=r"^model.moe.dispatch"):
+        train_losses(2, 1, 1, spec=MOE_SPEC.replace(moe_dispatch="dropless"), expert=4, impl="shard_map")
+
+
+def state_step_text(data, fsdp, impl="jit") -> str:
     """The optimized HLO of the expert-parallel step (what collectives move the tokens)."""
     mesh = meshlib.make_mesh(mesh_cfg(data, fsdp, 1, 4))
-    steps = build_steps(ModelFns(MOE_SPEC), mesh, rules_key(RULES), BATCH, 1)
+    steps = build_steps(ModelFns(MOE_SPEC), mesh, rules_key(RULES), BATCH, 1, impl=impl)
     hyper = optim.hyper_of(OmegaConf.structured(OptimizerConfig(lr=1e-2)), OmegaConf.structured(ScheduleConfig), STEPS)
     state = jax.eval_shape(steps.init_state, 0)
     batch = jax.ShapeDtypeStruct((BATCH, SEQ + 1), np.int32)

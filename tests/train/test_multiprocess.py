@@ -61,15 +61,18 @@ EXPERT_PARALLEL = ["model.moe.experts=4", "model.moe.top_k=2", "mesh.expert=4", 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], EXPERT_PARALLEL], ids=["dense", "moe-expert-parallel"])
-def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, extra):
+@pytest.mark.parametrize("extra, multi_extra", [([], []), (EXPERT_PARALLEL, ["mesh.impl=shard_map"])],
+                         ids=["dense", "moe-expert-parallel"])
+def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, extra, multi_extra):
+    """The MoE pair runs the shard_map step (its all-to-all crosses the processes) against one
+    process's jit step: both implementations and both placements give one run."""
     single = tmp_path / "single"
     proc = subprocess.run(command(single, *extra), cwd=REPO, env=env_with(4), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
 
     multi = tmp_path / "multi"
-    procs = start_pair(multi, *extra)
+    procs = start_pair(multi, *extra, *multi_extra)
     outputs = wait_pair(procs)
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
 
