@@ -110,9 +110,12 @@ class TrainConfig:
     grad_accum: int = 0  # microbatches per step, accumulated inside the jitted step; 0: auto (step.auto_grad_accum)
     remat: str = "none"  # none | full | dots
     progress: bool = True
-    # built-in tasks scored at every evaluation and in the summary: the group `stdlib` or its tasks
-    # (scalelab/tasks/builtin.py); other harness tasks: `scalelab eval RUN --tasks`
+    # tasks scored at every evaluation and in the summary: the built-in group `stdlib` or its tasks
+    # (scalelab/tasks/builtin.py, scored directly), or any lm-evaluation-harness task or group (the
+    # tasks extra; run through scalelab/tasks/harness.py, datasets read offline)
     eval_tasks: list[str] = field(default_factory=list)
+    eval_tasks_limit: int = 0  # items per harness task at each evaluation; 0: all (built-in tasks: always all)
+    eval_tasks_include: list[str] = field(default_factory=list)  # directories of your own harness task YAMLs
     # seconds without progress before the run ends itself (status failed, stacks in train.log, exit 5);
     # 0: never; unset: scaled from the measured step and eval times (scalelab/runtime/watchdog.py)
     stall_timeout: float | None = None

@@ -96,7 +96,7 @@ def _add_eval(subparsers) -> None:
 
 def tasks_main(args) -> int:
     try:
-        from scalelab.infer import harness
+        from scalelab.tasks import harness
     except ImportError as exc:
         raise SystemExit(f"error: --tasks needs the lm-evaluation-harness: pip install 'scalelab[tasks]' ({exc})") from None
     if args.list_tasks:
@@ -113,7 +113,9 @@ def tasks_main(args) -> int:
     from scalelab.infer.load import load_model
 
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-    results = harness.run_tasks(load_model(args.checkpoint), args.tasks.split(","), limit=limit, include=args.include)
+    m = load_model(args.checkpoint)
+    model = harness.TaskModel(m.fns, m.params, m.tokenizer, int(m.config.data.seq_len))
+    results = harness.run_tasks(model, args.tasks.split(","), limit=limit, include=args.include)
     if not common.to_stdout(args.json):
         for task, metrics in results.items():
             shown = {k.split(",")[0]: v for k, v in metrics.items() if "," in k and "stderr" not in k}

@@ -223,17 +223,28 @@ def with_law_lr(cfg: DictConfig, params: int, tokens: int, batch_tokens: int) ->
     return cfg
 
 
-def check_eval_tasks(names) -> tuple[str, ...]:
-    """`train.eval_tasks` expanded to built-in task names; a ConfigError for any other name, or for
-    several processes (the scorer runs on one)."""
+def check_eval_tasks(names, include=(), limit: int = 0) -> tuple[str, ...]:
+    """`train.eval_tasks` with the built-in group expanded; a ConfigError naming the key for a name
+    neither built in nor known to the harness (with `train.eval_tasks_include`), for harness tasks
+    without the tasks extra, or for several processes (the scorers run on one)."""
     from scalelab.tasks import builtin
 
     tasks = builtin.expand(list(names))
-    unknown = [n for n in tasks if n not in builtin.TASKS]
-    if unknown:
-        raise ConfigError("train.eval_tasks", f"unknown task(s) {', '.join(map(repr, unknown))}: the loop scores the "
-                          f"built-in tasks ({builtin.GROUP}: {', '.join(builtin.TASKS)}); run other harness tasks "
-                          "on a checkpoint with `scalelab eval RUN --tasks NAMES`")
+    if limit < 0:
+        raise ConfigError("train.eval_tasks_limit", f"must be 0 (every item) or a positive count; got {limit}")
+    others = [n for n in tasks if n not in builtin.TASKS]
+    if others:
+        try:
+            from scalelab.tasks import harness
+        except ImportError as exc:
+            raise ConfigError("train.eval_tasks", f"{', '.join(others)} are lm-evaluation-harness tasks: "
+                              f"pip install 'scalelab[tasks]' ({exc})") from None
+        known = set(harness.list_tasks(include))
+        unknown = [n for n in others if n not in known]
+        if unknown:
+            raise ConfigError("train.eval_tasks", f"unknown task(s) {', '.join(map(repr, unknown))}: neither built in "
+                              f"({builtin.GROUP}: {', '.join(builtin.TASKS)}) nor known to the harness (with "
+                              "train.eval_tasks_include's directories); `scalelab eval --list-tasks` lists them")
     if tasks and jax.process_count() > 1:
         raise ConfigError("train.eval_tasks", "task evaluation in the loop runs in one process; evaluate the "
                           "checkpoints of a multi-process run with `scalelab eval RUN --tasks NAMES`")
@@ -254,7 +265,7 @@ def build_run(cfg: DictConfig, run_dir, devices=None) -> Run:
     cfg = with_law_lr(cfg, counts.params, plan.steps * plan.tokens_per_step, cfg.train.batch_size * cfg.data.seq_len)
     s = typed(cfg)  # the record everything below is handed: after this line no DictConfig is read
     t = s.train
-    t.eval_tasks = list(check_eval_tasks(t.eval_tasks))
+    t.eval_tasks = list(check_eval_tasks(t.eval_tasks, t.eval_tasks_include, t.eval_tasks_limit))
     mesh = meshlib.make_mesh(s.mesh, devices)
     rules = dict(s.mesh.rules)
     fns = model_fns(spec)

@@ -22,10 +22,40 @@ lm_eval = pytest.importorskip("lm_eval", reason="the tasks extra (lm-evaluation-
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def run_dir(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tasks") / "run"
     fit(build_run(compose_config(TINY), run_dir, jax.local_devices()[:1]))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def model(run_dir):
     return load_model(run_dir)
+
+
+def task_model(model):
+    from scalelab.tasks.harness import TaskModel
+
+    return TaskModel(model.fns, model.params, model.tokenizer, int(model.config.data.seq_len))
+
+
+LOCAL_ROWS = [{"q": "x = (1", "choices": [")", "]", "}", ">"], "gold": 0},
+              {"q": "y = [2", "choices": [")", "]", "}", ">"], "gold": 1},
+              {"q": "z = {3", "choices": [")", "]", "}", ">"], "gold": 2}]
+
+
+def write_local_task(directory) -> None:
+    """A harness task of our own: a task YAML over a local JSONL file (no network)."""
+    (directory / "local.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOCAL_ROWS))
+    (directory / "local.yaml").write_text(
+        "task: local_brackets\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {json.dumps(str(directory / 'local.jsonl'))}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: choices\n"
+        "doc_to_target: gold\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+
+
+def local_items(rows=LOCAL_ROWS):
+    return [{"context": r["q"], "choices": r["choices"], "answer": r["gold"]} for r in rows]
 
 
 def request(*args):
@@ -60,9 +90,9 @@ def test_the_builtin_tasks_are_deterministic_and_well_formed():
 
 
 def test_the_adapters_loglikelihoods_equal_the_training_losss(model):
-    from scalelab.infer.harness import ScalelabLM
+    from scalelab.tasks.harness import ScalelabLM
 
-    lm = ScalelabLM(model)
+    lm = ScalelabLM(task_model(model))
     pairs = [("def f(x):\n    return", " x + 1\n"), ("import ", "os"), ("", "print('hi')"), ("a = [1, 2", "])")]
     got = lm.loglikelihood([request(c, x) for c, x in pairs])
     for (context, continuation), (logprob, _) in zip(pairs, got, strict=True):
@@ -95,25 +125,50 @@ def test_score_choices_counts_right_answers_and_bits_per_byte(model):
 
 
 def test_a_local_harness_task_runs_end_to_end_offline(model, tmp_path):
-    from scalelab.infer.harness import run_tasks
+    from scalelab.tasks.harness import run_tasks
 
-    rows = [{"q": "x = (1", "choices": [")", "]", "}", ">"], "gold": 0}, {"q": "y = [2", "choices": [")", "]", "}", ">"], "gold": 1},
-            {"q": "z = {3", "choices": [")", "]", "}", ">"], "gold": 2}]
-    (tmp_path / "local.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "local.yaml").write_text(
-        "task: local_brackets\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {json.dumps(str(tmp_path / 'local.jsonl'))}\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: choices\n"
-        "doc_to_target: gold\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n")
-    results = run_tasks(model, ["local_brackets", "stdlib_close"], limit=8, include=[str(tmp_path)],
+    write_local_task(tmp_path)
+    results = run_tasks(task_model(model), ["local_brackets", "stdlib_close"], limit=8, include=[str(tmp_path)],
                         bootstrap_iters=10)
     assert results["local_brackets"]["sample_len"] == 3 and 0 <= results["local_brackets"]["acc,none"] <= 1
     assert results["stdlib_close"]["sample_len"] == 8
     # the harness's accuracy is scalelab's own over the same items
-    mine = scoring.score_choices(model.fns, model.params, model.tokenizer,
-                                 [{"context": r["q"], "choices": r["choices"], "answer": r["gold"]} for r in rows],
+    mine = scoring.score_choices(model.fns, model.params, model.tokenizer, local_items(),
                                  int(model.config.data.seq_len))
     assert results["local_brackets"]["acc,none"] == pytest.approx(mine["acc"])
+
+
+def test_eval_tasks_on_the_command_line_writes_the_harness_results(run_dir, model, tmp_path):
+    from scalelab.cli import main as cli
+
+    out = tmp_path / "tasks.json"
+    assert cli.main(["eval", str(run_dir), "--tasks", "stdlib_keyword", "--limit", "6", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["stdlib_keyword"]
+    mine = scoring.score_choices(model.fns, model.params, model.tokenizer, builtin.task_items("stdlib_keyword")[:6],
+                                 int(model.config.data.seq_len))
+    assert result["acc,none"] == pytest.approx(mine["acc"])
+
+
+def test_a_harness_task_in_the_loop_records_accuracy_and_bits_per_byte(tmp_path):
+    """A task of the harness (here a local one) named in train.eval_tasks is scored at evaluations
+    and at the end; its bits per byte come from the harness's samples and equal scalelab's scorer."""
+    from scalelab.train.runlog import read_metrics, read_summary
+
+    write_local_task(tmp_path)
+    run_dir = tmp_path / "run"
+    fit(build_run(compose_config([*TINY, "train.eval_tasks=[local_brackets]", "train.eval_every=6",
+                                  "train.eval_tasks_limit=2", f"train.eval_tasks_include=[{tmp_path}]"]), run_dir,
+                  jax.local_devices()[:1]))
+    evaluated = [r for r in read_metrics(run_dir) if "eval_loss" in r]
+    keys = {f"task/local_brackets/{m}" for m in ("acc", "acc_norm", "bpb", "items")}
+    assert [r["step"] for r in evaluated] == [6, 12] and all(keys <= set(r) for r in evaluated)
+    summary = read_summary(run_dir)
+    assert summary["task/local_brackets/items"] == 2  # train.eval_tasks_limit
+    final = load_model(run_dir)
+    mine = scoring.score_choices(final.fns, final.params, final.tokenizer, local_items(LOCAL_ROWS[:2]), 32)
+    assert summary["task/local_brackets/acc"] == pytest.approx(mine["acc"])
+    assert summary["task/local_brackets/acc_norm"] == pytest.approx(mine["acc_norm"])
+    assert summary["task/local_brackets/bpb"] == pytest.approx(mine["bpb"], rel=1e-5)
 
 
 def test_tasks_in_the_loop_reach_metrics_summary_and_collect_and_packed_members_match(tmp_path):
@@ -151,5 +206,8 @@ def test_an_unknown_eval_task_fails_before_compilation_naming_the_key(tmp_path):
     from scalelab.config import ConfigError
 
     with pytest.raises(ConfigError, match="train.eval_tasks") as exc:
-        build_run(compose_config([*TINY, "train.eval_tasks=[stdlib,hellaswag]"]), tmp_path / "run")
-    assert "hellaswag" in str(exc.value) and "scalelab eval" in str(exc.value)
+        build_run(compose_config([*TINY, "train.eval_tasks=[stdlib,no_such_task]"]), tmp_path / "run")
+    assert "no_such_task" in str(exc.value) and "scalelab eval --list-tasks" in str(exc.value)
+    assert not (tmp_path / "run").exists()  # nothing left behind
+    with pytest.raises(ConfigError, match="train.eval_tasks_limit"):
+        build_run(compose_config([*TINY, "train.eval_tasks=[stdlib]", "train.eval_tasks_limit=-1"]), tmp_path / "run")
