@@ -44,6 +44,9 @@ def add_parsers(subparsers, guarded) -> None:
                     "interval of the mean of its seeds). Writes DIR/verify.json.")
     p.add_argument("rung", metavar="RUNG_DIR", help="the directory `analyze rung -o` wrote")
     p.add_argument("--runs", default=None, metavar="SWEEP_OR_TABLE", help="the rung's runs (default RUNG_DIR/sweep)")
+    p.add_argument("--study", default=None, metavar="SWEEP_OR_TABLE",
+                   help="the study's runs, for the task check: each task's chain, fitted to them, predicts the "
+                        "rung's accuracies (default: the runs table the plan was made from, when it says)")
     p.set_defaults(func=guarded(run_verify))
 
 
@@ -95,6 +98,8 @@ def run_rung(args) -> int:
         delta = (plan["fit"].get("details") or {}).get("huber_delta")
         plan["rival_forms"] = rival_predictions(table, plan, delta=delta, bootstrap=args.bootstrap)
     out.mkdir(parents=True, exist_ok=True)
+    if table is not None:
+        plan["study_runs"] = str(runs.resolve())  # `analyze verify` checks the task chains with them
     (out / rung.PLAN).write_text(json.dumps(json_safe({"study": label, **plan}), indent=2) + "\n")
     print_plan(plan)
     if all(s["model"] for s in plan["sizes"]):
@@ -157,11 +162,24 @@ def form_notes(rival: dict) -> str:
 def run_verify(args) -> int:
     from scalelab.analysis import json_safe, rung
 
-    result = rung.verify_dir(args.rung, args.runs)
+    plan = rung.read_plan(args.rung)
+    result = rung.verify_dir(args.rung, args.runs, plan=plan)
+    result["tasks"] = task_check(args, plan)
     (Path(args.rung) / rung.VERIFIED).write_text(json.dumps(json_safe(result), indent=2) + "\n")
     for line in verify_lines(result):
         print(line)
     return 0
+
+
+def task_check(args, plan: dict) -> list[dict]:
+    """The task chains fitted to the study's runs, checked on the rung's (none without task metrics)."""
+    from scalelab.analysis import load_inputs, rung
+    from scalelab.analysis.tasks.chain import rung_tasks
+
+    source = args.study or plan.get("study_runs")
+    if not source or not Path(source).exists():
+        return []
+    return rung_tasks(load_inputs(source)[0], rung.rung_table(args.rung, args.runs), bootstrap=100)
 
 
 def verify_lines(result: dict) -> list[str]:
@@ -191,4 +209,13 @@ def verify_lines(result: dict) -> list[str]:
                         f"; {check['best_scale']:g}x gains {100 * check['gain']:.2f}% over the rung's lr"))
     elif check:
         lines.append(f"lr check: {check['reason']}")
+    for task in result.get("tasks") or []:
+        if not task["sizes"]:
+            lines.append(f"task {task['task']}: {task['reason']}")
+        for s in task["sizes"]:
+            band = s["interval"]
+            where = "" if band is None else f" [{band[0]:.3f}, {band[1]:.3f}] {'inside' if s['inside'] else 'OUTSIDE'}"
+            lines.append(f"task {task['task']}{'' if task['determined'] else ' (not determined)'} at {s['model'] or '-'}: "
+                         f"accuracy measured {s['measured']:.3f} ({s['seeds']} seed(s)), predicted "
+                         f"{s['predicted']:.3f}{where}")
     return lines

@@ -87,3 +87,25 @@ def test_cli_tasks_writes_its_result_and_figure(tmp_path, capsys):
     assert result["determined"] and "interval" in result["target"] and (out / "task_t.png").exists()
     assert main(["tasks", str(table), "--task", "nope"]) != 0
     assert "task/nope/acc" in capsys.readouterr().err
+
+
+def test_a_rung_is_checked_against_the_chain_fitted_to_the_study():
+    """Runs at 10x the largest budget, two seeds a size, drawn from the true chain: each size's
+    measured mean accuracy and bits per byte lie inside the chain's prediction intervals for a
+    mean of two; a rung measured off the chain (accuracy lowered by 0.15) falls outside."""
+    from scalelab.analysis.tasks.chain import check_at, rung_tasks
+
+    base = study(4)
+    rng = np.random.default_rng(5)
+    sizes = np.array([2e9, 3e9, 4.5e9])
+    rung = sy.ladder_isoflop_runs(LAW, [10 * BUDGETS[-1]], sizes=sizes, tokens_per_param=(0.01, 1e5))
+    rung = rung.loc[rung.index.repeat(2)].reset_index(drop=True)
+    bpb = LAW.loss(rung["params"], rung["tokens"]) * np.exp(0.01 * rng.standard_normal(len(rung)))
+    rung["task/t/bpb"], rung["task/t/acc"] = bpb, rng.binomial(400, sigmoid(bpb, **SIGMOID)) / 400
+    rung["status"], rung["task/t/items"] = "completed", 400
+    (entry,) = rung_tasks(base, rung, bootstrap=40, items=400)
+    assert entry["task"] == "t" and entry["determined"] and len(entry["sizes"]) == 3
+    assert all(r["seeds"] == 2 and r["inside"] and r["bpb_inside"] for r in entry["sizes"]), entry["sizes"]
+    off = rung.assign(**{"task/t/acc": rung["task/t/acc"] - 0.15})
+    chain = fit_chain(base, "t", bootstrap=40, items=400)
+    assert not any(r["inside"] for r in check_at(chain, off))

@@ -284,12 +284,17 @@ def verify_dir(rung_dir, runs=None, plan: dict | None = None) -> dict:
     """`verify_rung` of a rung directory (`analyze rung -o`): its plan (`plan` when already read), its
     runs (RUNG_DIR/sweep, or `runs`) and, when trained, its learning-rate check (RUNG_DIR/lr_check)."""
     plan = read_plan(rung_dir) if plan is None else plan
-    table, _ = load_inputs(runs if runs is not None else str(Path(rung_dir) / RUNG_SWEEP))
+    table = rung_table(rung_dir, runs)
     result = verify_rung(plan, table)
     lr_dir = Path(rung_dir) / LR_SWEEP
     if lr_dir.is_dir() and any(lr_dir.iterdir()):
         result["lr_check"] = verify_lr(plan, table, load_inputs(str(lr_dir))[0])
     return result
+
+
+def rung_table(rung_dir, runs=None) -> pd.DataFrame:
+    """The runs table of a rung directory's trained runs (RUNG_DIR/sweep, or `runs`)."""
+    return load_inputs(runs if runs is not None else str(Path(rung_dir) / RUNG_SWEEP))[0]
 
 
 def measured_sizes(table: pd.DataFrame) -> pd.DataFrame:

@@ -340,6 +340,29 @@ def rung_section(rung: dict, png: str | None) -> list[str]:
                         f"; {check['best_scale']:g}x gains {100 * check['gain']:.2f}% over the lr the rung used "
                         "(at most that much of the miss is the lr's)."))
     lines.append("")
+    lines += rung_tasks_lines(rung.get("tasks") or [])
     if png:
         lines += [f"![rung]({png})", "", f"*{FIGURE_CAPTIONS['rung']}*", ""]
     return lines
+
+
+def rung_tasks_lines(tasks: list[dict]) -> list[str]:
+    """Task accuracy at the rung: each task's chain, fitted to the study, against the rung's runs."""
+    if not tasks:
+        return []
+    lines = ["Task accuracy at the rung: each task's two-step chain, fitted to the study's runs (see Tasks), "
+             "predicted each rung size's accuracy (the mean of its seeds, with a 95% prediction interval for "
+             "that mean); the measured accuracy's own 95% interval follows it. Step 1 alone is checked too: the "
+             "right choice's bits per byte, with an interval from the law's parameters and the runs' scatter "
+             "about it.", ""]
+    rows = []
+    for t in tasks:
+        for r in t["sizes"]:
+            band = lambda key, r=r: "" if not r.get(key) else f" [{fixed(r[key][0], 3)}, {fixed(r[key][1], 3)}]"
+            rows.append([t["task"] + ("" if t["determined"] else " (not determined)"), r["model"] or num(r["params"]),
+                         r["seeds"], fixed(r["predicted"], 3) + band("interval"),
+                         fixed(r["measured"], 3) + _measured_band(r), f"{r['error']:+.3f}", _inside(r["inside"]),
+                         fixed(r["bpb_predicted"], 3) + band("bpb_interval"), fixed(r["bpb_measured"], 3),
+                         _inside(r.get("bpb_inside"))])
+    return lines + [table(["task", "size", "seeds", "predicted [95%]", "measured [95%]", "miss", "inside",
+                           "bits/byte predicted [95%]", "measured", "inside"], rows), ""]

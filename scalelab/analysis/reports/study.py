@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from scalelab.analysis.decide.compare import CompareResult, compare_fits
-from scalelab.analysis.decide.rung import PLAN, read_plan, verify_dir
+from scalelab.analysis.decide.rung import PLAN, read_plan, rung_table, verify_dir
 from scalelab.analysis.errors import AnalysisError
 from scalelab.analysis.fitting.approaches import fit
 from scalelab.analysis.fitting.kaplan import frontier_runs
@@ -53,6 +53,7 @@ class Study:
     holdout_k: int | None = None                   # None: the largest budget; 0: none; K: the top-K runs
     holdout_info: dict = field(default_factory=dict)
     verdict: Verdict | None = None
+    rung_table: pd.DataFrame | None = None         # a trained prediction rung's runs (report --rung)
 
     def all_fits(self) -> dict:
         """Every requested approach: its fit, or a not-determined placeholder with the reason."""
@@ -273,6 +274,7 @@ def _add_rung(rung_dir, studies: list[Study], out_dir: Path, result: ReportResul
     study = studies[labels.index(plan["study"])] if plan.get("study") in labels else studies[0]
     result.rung = {"study": study.label, "source": str(Path(rung_dir) / PLAN),
                    "weighting": (plan.get("rival_forms") or {}).get("weighting"), **verify_dir(rung_dir, plan=plan)}
+    study.rung_table = rung_table(rung_dir)  # the task chains are checked on it (_add_tasks)
     result.rung_figure = _draw("rung", lambda: rung_figure(study.table, plan, result.rung), out_dir, result)
 
 
@@ -280,10 +282,10 @@ def _add_tasks(study: Study, out_dir: Path, result: ReportResult, bootstrap: int
     """The two-step chain of every task the study's runs were scored on: fitted, checked on the largest
     budget held out, drawn (scalelab/analysis/tasks/chain.py)."""
     from scalelab.analysis.reports.task_plots import task_figure
-    from scalelab.analysis.tasks.chain import fit_chain, holdout_chain
+    from scalelab.analysis.tasks.chain import check_at, fit_chain, holdout_chain, task_names
 
-    names = sorted({c.split("/")[1] for c in study.table.columns if c.startswith("task/") and c.endswith("/acc")})
-    for name in names:
+    rung = study.rung_table
+    for name in task_names(study.table):
         options = {"bootstrap": min(bootstrap, 100), "seed": seed}  # items: the runs' task/NAME/items
         try:
             chain = fit_chain(study.table, name, **options)
@@ -295,6 +297,10 @@ def _add_tasks(study: Study, out_dir: Path, result: ReportResult, bootstrap: int
         except AnalysisError as exc:
             chain.holdout = {"failed": str(exc)}
         entry = chain.to_dict()
+        if rung is not None and name in task_names(rung):  # the rung's sizes, predicted by the study's chain
+            entry["rung"] = check_at(chain, rung)
+            result.rung.setdefault("tasks", []).append({"task": name, "determined": chain.determined,
+                                                        "sizes": entry["rung"]})
         held = chain.holdout if "failed" not in chain.holdout else None
         entry["figure"] = _draw(f"task_{name}", lambda chain=chain, held=held: task_figure(study.table, chain, held),
                                 out_dir, result)

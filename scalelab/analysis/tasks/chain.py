@@ -74,6 +74,7 @@ class TaskChain:
     bootstrap: int = 0
     holdout: dict | None = None
     k_flops: float = 6.0  # the table's median flops / (N D), for the C of a target
+    bpb_residual_sd: float = 0.0  # step 1's scatter of one run's bits per byte about the law (items, seeds)
 
     def bpb(self, params, tokens, values=None):
         data = pd.DataFrame({"params": np.atleast_1d(np.asarray(params, float)),
@@ -85,9 +86,10 @@ class TaskChain:
         s = self.sigmoid
         return sigmoid(self.bpb(params, tokens), self.chance, s["ceiling"], s["mid"], s["k"])
 
-    def predict(self, params: float, tokens: float) -> dict:
-        """Accuracy at (N, D): point, 95% interval of the expectation, 95% prediction interval of one
-        measurement on `items` items; and the bits per byte with its interval."""
+    def predict(self, params: float, tokens: float, repeats: int = 1) -> dict:
+        """Accuracy at (N, D): point, 95% interval of the expectation, 95% prediction interval of the
+        mean of `repeats` measurements (seeds) on `items` items each; and the bits per byte with its
+        interval."""
         point_bpb, point = float(self.bpb(params, tokens)[0]), float(self.accuracy(params, tokens)[0])
         accs, bpbs = [], []
         for values, (ceiling, mid, k) in self.draws:
@@ -100,13 +102,16 @@ class TaskChain:
             out["interval"] = [float(np.quantile(accs, lo)), float(np.quantile(accs, hi))]
             out["bpb_interval"] = [float(np.quantile(bpbs, lo)), float(np.quantile(bpbs, hi))]
             rng = np.random.default_rng(0)
-            noise = self.sigmoid["residual_sd"] * rng.standard_normal(len(accs))
-            if self.items:  # a measurement on `items` items: binomial noise around each draw
+            noise = self.sigmoid["residual_sd"] / math.sqrt(repeats) * rng.standard_normal(len(accs))
+            if self.items:  # the mean of `repeats` measurements on `items` items: binomial noise around each draw
                 draws = np.clip(np.asarray(accs) + noise, 0, 1)
-                noisy = rng.binomial(self.items, draws) / self.items
+                noisy = rng.binomial(self.items * repeats, draws) / (self.items * repeats)
             else:
                 noisy = np.asarray(accs) + noise
             out["prediction_interval"] = [float(np.quantile(noisy, lo)), float(np.quantile(noisy, hi))]
+            scatter = self.bpb_residual_sd / math.sqrt(repeats) * rng.standard_normal(len(bpbs))
+            measured_bpb = np.asarray(bpbs) + scatter
+            out["bpb_prediction_interval"] = [float(np.quantile(measured_bpb, lo)), float(np.quantile(measured_bpb, hi))]
         return out
 
     def to_dict(self) -> dict:
@@ -179,6 +184,8 @@ def fit_chain(table: pd.DataFrame, task: str, metric: str = "acc", law: str = "c
     chain = TaskChain(task=task, metric=metric, law=form.name, chance=chance, n_runs=len(runs), items=items,
                       law_values=values, sigmoid=s, bootstrap=bootstrap,
                       k_flops=float(np.median(runs["flops"] / (runs["params"] * runs["tokens"]))))
+    residuals = runs["loss"].to_numpy() - chain.bpb(runs["params"], runs["tokens"])
+    chain.bpb_residual_sd = float(np.sqrt(np.mean(residuals ** 2)))
     chain.reason = not_determined(runs, chance, items, s)
     chain.determined = not chain.reason
     rng = np.random.default_rng(seed)
@@ -219,7 +226,7 @@ def holdout_chain(table: pd.DataFrame, task: str, metric: str = "acc", **options
     rank = by_point[key].mean() if key else -by_point["acc"].mean()
     params, tokens = rank.idxmin()
     point = held[(held["params"] == params) & (held["tokens"] == tokens)]
-    predicted = chain.predict(params, tokens)
+    predicted = chain.predict(params, tokens, repeats=len(point))
     measured = float(point["acc"].mean())
     interval = predicted.get("prediction_interval")
     return {"budget": float(top), "params": float(params), "tokens": float(tokens), "seeds": int(len(point)),
@@ -228,3 +235,50 @@ def holdout_chain(table: pd.DataFrame, task: str, metric: str = "acc", **options
             "error": predicted["accuracy"] - measured,
             "inside": bool(interval and interval[0] <= measured <= interval[1]),
             "determined": chain.determined, "reason": chain.reason}
+
+
+def task_names(table: pd.DataFrame) -> list[str]:
+    """The tasks a runs table carries accuracies of."""
+    return sorted({c.split("/")[1] for c in table.columns if c.startswith("task/") and c.endswith("/acc")})
+
+
+def check_at(chain: TaskChain, table: pd.DataFrame) -> list[dict]:
+    """The chain's predictions for runs it was not fitted on (a prediction rung's): per (N, D) of
+    `table`, the measured mean accuracy over its seeds with its own interval against the predicted
+    accuracy and its 95% prediction interval for that mean; and the same for step 1 alone, the bits
+    per byte (its interval: the law's parameters and the runs' scatter about it)."""
+    acc, bpb = task_columns(chain.task, chain.metric)
+    done = table[table["status"] == INCLUDED_STATUS] if "status" in table else table
+    done = done[done[acc].notna() & done[bpb].notna()] if {acc, bpb} <= set(done.columns) else done.iloc[:0]
+    rows = []
+    for (params, tokens), point in done.groupby(["params", "tokens"]):
+        predicted = chain.predict(params, tokens, repeats=len(point))
+        measured, band = float(point[acc].mean()), predicted.get("prediction_interval")
+        rows.append({"model": point["model"].iloc[0] if "model" in point else None, "params": float(params),
+                     "tokens": float(tokens), "seeds": int(len(point)), "measured": measured,
+                     "measured_interval": measured_interval(point[acc], chain.items),
+                     "predicted": predicted["accuracy"], "interval": band, "error": predicted["accuracy"] - measured,
+                     "inside": None if band is None else bool(band[0] <= measured <= band[1]),
+                     "bpb_measured": float(point[bpb].mean()), "bpb_predicted": predicted["bpb"],
+                     "bpb_interval": predicted.get("bpb_prediction_interval")})
+        band = rows[-1]["bpb_interval"]
+        rows[-1]["bpb_inside"] = None if band is None else bool(band[0] <= rows[-1]["bpb_measured"] <= band[1])
+    return rows
+
+
+def rung_tasks(study: pd.DataFrame, rung: pd.DataFrame, chains: dict | None = None, **options) -> list[dict]:
+    """Every task both the study's and the rung's runs carry: its chain (from `chains` by name, else
+    fitted to the study's runs) checked on the rung's sizes (`check_at`). A task whose chain cannot
+    be fitted, or is not determined, says why instead."""
+    out = []
+    for name in (n for n in task_names(study) if n in task_names(rung)):
+        chain = (chains or {}).get(name)
+        if chain is None:
+            try:
+                chain = fit_chain(study, name, **options)
+            except AnalysisError as exc:
+                out.append({"task": name, "determined": False, "reason": str(exc), "sizes": []})
+                continue
+        out.append({"task": name, "determined": chain.determined, "reason": chain.reason,
+                    "sizes": check_at(chain, rung)})
+    return out
