@@ -21,7 +21,7 @@ for overrides in overrides.txt lr_check.txt; do
     # shellcheck disable=SC2046  # the overrides file holds one override per word
     .venv/bin/scalelab-train --config-dir experiments/quickstart --config-name study -m $(cat "$rung/$overrides") "$@"
 done
-.venv/bin/scalelab analyze verify "$rung"
+.venv/bin/scalelab analyze verify "$rung" --bootstrap "$bootstrap"
 .venv/bin/scalelab analyze report "$out" -o "$out/report" --bootstrap "$bootstrap" --huber-delta auto --law auto \
     --rung "$rung" > /dev/null
 echo

@@ -47,6 +47,8 @@ def add_parsers(subparsers, guarded) -> None:
     p.add_argument("--study", default=None, metavar="SWEEP_OR_TABLE",
                    help="the study's runs, for the task check: each task's chain, fitted to them, predicts the "
                         "rung's accuracies (default: the runs table the plan was made from, when it says)")
+    p.add_argument("--bootstrap", type=int, default=100, metavar="N",
+                   help="resamples of each task chain (default 100; `analyze report` uses min(its --bootstrap, 100))")
     p.set_defaults(func=guarded(run_verify))
 
 
@@ -173,13 +175,15 @@ def run_verify(args) -> int:
 
 def task_check(args, plan: dict) -> list[dict]:
     """The task chains fitted to the study's runs, checked on the rung's (none without task metrics)."""
-    from scalelab.analysis import load_inputs, rung
+    from scalelab.analysis import AnalysisError, load_inputs, rung
     from scalelab.analysis.tasks.chain import rung_tasks
 
+    if args.study and not Path(args.study).exists():
+        raise AnalysisError(f"--study {args.study}: no such sweep or runs table")
     source = args.study or plan.get("study_runs")
     if not source or not Path(source).exists():
         return []
-    return rung_tasks(load_inputs(source)[0], rung.rung_table(args.rung, args.runs), bootstrap=100)
+    return rung_tasks(load_inputs(source)[0], rung.rung_table(args.rung, args.runs), bootstrap=args.bootstrap)
 
 
 def verify_lines(result: dict) -> list[str]:
