@@ -269,7 +269,7 @@ def check_at(chain: TaskChain, table: pd.DataFrame) -> list[dict]:
 def rung_tasks(study: pd.DataFrame, rung: pd.DataFrame, chains: dict | None = None, **options) -> list[dict]:
     """Every task both the study's and the rung's runs carry: its chain (from `chains` by name, else
     fitted to the study's runs) checked on the rung's sizes (`check_at`). A task whose chain cannot
-    be fitted, or is not determined, says why instead."""
+    be fitted says why instead of sizes; one not determined says why beside them."""
     out = []
     for name in (n for n in task_names(study) if n in task_names(rung)):
         chain = (chains or {}).get(name)
