@@ -103,8 +103,9 @@ def _task_manager(include: tuple[str, ...]):
 
 def evaluate(model: TaskModel, tasks: list[str], limit: int | float | None = None, include=(),
              bootstrap_iters: int = 1000, log_samples: bool = False) -> dict:
-    """The harness's whole output for `tasks` on `model`. Offline: datasets are read from local
-    files (HF_DATASETS_OFFLINE)."""
+    """The harness's whole output for `tasks` on `model`. Datasets are read offline (from local
+    files and the Hugging Face cache) unless HF_DATASETS_OFFLINE is already set: a machine without
+    the Hub would otherwise wait on it even for local tasks. HF_DATASETS_OFFLINE=0 allows downloads."""
     import lm_eval
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
