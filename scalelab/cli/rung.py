@@ -164,18 +164,19 @@ def form_notes(rival: dict) -> str:
 def run_verify(args) -> int:
     from scalelab.analysis import json_safe, rung
 
-    plan = rung.read_plan(args.rung)
-    result = rung.verify_dir(args.rung, args.runs, plan=plan)
-    result["tasks"] = task_check(args, plan)
+    plan, table = rung.read_plan(args.rung), rung.rung_table(args.rung, args.runs)
+    result = rung.verify_dir(args.rung, plan=plan, table=table)
+    result["tasks"] = task_check(args, plan, table)
     (Path(args.rung) / rung.VERIFIED).write_text(json.dumps(json_safe(result), indent=2) + "\n")
     for line in verify_lines(result):
         print(line)
     return 0
 
 
-def task_check(args, plan: dict) -> list[dict]:
-    """The task chains fitted to the study's runs, checked on the rung's (none without task metrics)."""
-    from scalelab.analysis import AnalysisError, load_inputs, rung
+def task_check(args, plan: dict, table) -> list[dict]:
+    """The task chains fitted to the study's runs, checked on the rung's (`table`; none without task
+    metrics)."""
+    from scalelab.analysis import AnalysisError, load_inputs
     from scalelab.analysis.tasks.chain import rung_tasks
 
     if args.study and not Path(args.study).exists():
@@ -183,7 +184,7 @@ def task_check(args, plan: dict) -> list[dict]:
     source = args.study or plan.get("study_runs")
     if not source or not Path(source).exists():
         return []
-    return rung_tasks(load_inputs(source)[0], rung.rung_table(args.rung, args.runs), bootstrap=args.bootstrap)
+    return rung_tasks(load_inputs(source)[0], table, bootstrap=args.bootstrap)
 
 
 def verify_lines(result: dict) -> list[str]:

@@ -280,11 +280,12 @@ def read_plan(rung_dir) -> dict:
         raise AnalysisError(f"{rung_dir}: no {PLAN} ({exc.strerror}); plan the rung with `scalelab analyze rung`") from None
 
 
-def verify_dir(rung_dir, runs=None, plan: dict | None = None) -> dict:
+def verify_dir(rung_dir, runs=None, plan: dict | None = None, table: pd.DataFrame | None = None) -> dict:
     """`verify_rung` of a rung directory (`analyze rung -o`): its plan (`plan` when already read), its
-    runs (RUNG_DIR/sweep, or `runs`) and, when trained, its learning-rate check (RUNG_DIR/lr_check)."""
+    runs (`table` when already read, else RUNG_DIR/sweep or `runs`) and, when trained, its
+    learning-rate check (RUNG_DIR/lr_check)."""
     plan = read_plan(rung_dir) if plan is None else plan
-    table = rung_table(rung_dir, runs)
+    table = rung_table(rung_dir, runs) if table is None else table
     result = verify_rung(plan, table)
     lr_dir = Path(rung_dir) / LR_SWEEP
     if lr_dir.is_dir() and any(lr_dir.iterdir()):

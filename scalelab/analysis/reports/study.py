@@ -272,9 +272,10 @@ def _add_rung(rung_dir, studies: list[Study], out_dir: Path, result: ReportResul
     plan = read_plan(rung_dir)
     labels = [s.label for s in studies]
     study = studies[labels.index(plan["study"])] if plan.get("study") in labels else studies[0]
+    study.rung_table = rung_table(rung_dir)  # the task chains are checked on it too (_add_tasks)
     result.rung = {"study": study.label, "source": str(Path(rung_dir) / PLAN),
-                   "weighting": (plan.get("rival_forms") or {}).get("weighting"), **verify_dir(rung_dir, plan=plan)}
-    study.rung_table = rung_table(rung_dir)  # the task chains are checked on it (_add_tasks)
+                   "weighting": (plan.get("rival_forms") or {}).get("weighting"),
+                   **verify_dir(rung_dir, plan=plan, table=study.rung_table)}
     result.rung_figure = _draw("rung", lambda: rung_figure(study.table, plan, result.rung), out_dir, result)
 
 
