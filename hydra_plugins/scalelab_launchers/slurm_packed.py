@@ -20,8 +20,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import configure_log, setup_globals
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
 from hydra_plugins.scalelab_launchers.packed import (
     packed_jobs,
@@ -29,6 +28,7 @@ from hydra_plugins.scalelab_launchers.packed import (
     refuse_shared_run_dirs,
     set_outcomes,
 )
+from hydra_plugins.scalelab_launchers.slurm import ScalelabSlurmLauncher, wait_off_queue
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def asks_for_gpus(params: dict) -> bool:
     return bool(params.get("gpus_per_node") or params.get("gpus_per_task") or "gpu" in str(params.get("gres") or ""))
 
 
-class SlurmPackedLauncher(SlurmLauncher):
+class SlurmPackedLauncher(ScalelabSlurmLauncher):
     packs_jobs = True  # the IsoFLOP sweeper hands it completed jobs too (they keep their groups)
 
     def __init__(self, **params: Any) -> None:
@@ -94,16 +94,6 @@ class SlurmPackedLauncher(SlurmLauncher):
         return [("completed", None) if job.error is None else ("failed", str(job.error)) for job in jobs]
 
     # -- in the sweep's process ------------------------------------------------------------------
-
-    def _executor(self):
-        import submitit
-
-        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
-                                         slurm_max_num_timeout=self.params.get("max_num_timeout", 0))
-        base = set(BaseQueueConf.__dataclass_fields__)
-        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in self.params.items()
-                                      if k not in ("submitit_folder", "max_num_timeout")})
-        return executor
 
     def launch(self, job_overrides, initial_job_idx: int):
         from omegaconf import OmegaConf
@@ -147,6 +137,7 @@ class SlurmPackedLauncher(SlurmLauncher):
         record(sweep_dir, [(h.job_id, [jobs[k].run_dir.name for k in m]) for h, (m, _) in zip(handles, submissions)])
         for handle, (members, names) in zip(handles, submissions, strict=True):
             log.info("SLURM job %s: %d group(s), %d member(s)", handle.job_id, len(names), len(members))
+        wait_off_queue(handles)
         for handle, (members, _) in zip(handles, submissions, strict=True):
             try:
                 outcomes = handle.results()[0]

@@ -231,6 +231,17 @@ def wait_until(condition, timeout: float, what: str, poll: float = 0.2):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def slurm_record(job: str) -> str:
+    """What SLURM itself says of `job` (every attempt in sacct, its lines in slurmctld's log), for a
+    failing assertion's message."""
+    attempts = subprocess.run(["sacct", "-D", "-P", "-o", "JobID,State,ExitCode,Start,End", "-j", job.split("_")[0]],
+                              capture_output=True, text=True).stdout
+    log = Path(SLURM_DIR) / "log" / "slurmctld.log"
+    lines = [x for x in (log.read_text().splitlines() if log.exists() else [])
+             if re.search(rf"JobId={job.split('_')[0]}\b", x)]
+    return f"\n--- sacct -D:\n{attempts}\n--- slurmctld.log:\n" + "\n".join(lines[-30:])
+
+
 def start_now(job: str) -> None:
     """A requeued job, once pending again, allowed to start at once (SLURM holds a requeued job for
     two minutes before it may start again)."""
@@ -287,7 +298,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_with_the_uninterrupted_losse
     finally:
         sweep.kill()
     print(f"\njob requeued by {how} on SLURM: {time.time() - t0:.1f} s", file=sys.stderr)
-    assert sweep.returncode == 0, out[-2000:] + err[-3000:]
+    assert sweep.returncode == 0, out[-2000:] + err[-3000:] + slurm_record(job)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     (resumed,) = summary["resumed_from"]  # the step at which the signal stopped it
@@ -366,7 +377,7 @@ def test_a_packed_sweep_on_slurm_trains_each_group_as_one_job_and_survives_a_req
     finally:
         sweep.kill()
     print(f"\npacked sweep on SLURM, requeued and cancelled: {time.time() - t0:.1f} s", file=sys.stderr)
-    assert sweep.returncode == 1, out[-2000:] + err[-3000:]  # the cancelled group failed, alone
+    assert sweep.returncode == 1, out[-2000:] + err[-3000:] + slurm_record(requeued)  # the cancelled group failed, alone
     assert f"SLURM job {cancelled}" in out + err
     done = summaries(sweep_dir)
     assert all(done[m]["status"] == "completed" and done[m]["resumed_from"] for m in groups[requeued])
@@ -385,3 +396,26 @@ def test_a_packed_sweep_on_slurm_trains_each_group_as_one_job_and_survives_a_req
     assert all(again[m] == requeued for m in groups[requeued])
     assert summaries(sweep_dir)[lost]["resumed_from"]
     assert member_losses(sweep_dir) == locally_packed
+
+
+def test_the_sweep_waits_for_its_jobs_to_leave_the_queue(slurm_cluster, tmp_path):
+    """The SLURM launchers take a job for ended once squeue no longer lists it (an array's task by
+    its array), not at the first ended state sacct reports (a requeued job reports one between its
+    attempts): waiting on a job array and on a single job returns only after both have left."""
+    from types import SimpleNamespace
+
+    from hydra_plugins.scalelab_launchers.slurm import still_queued, wait_off_queue
+
+    def sbatch(*args):
+        out = subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "%j.out"), *args, "--wrap", "sleep 2"],
+                             capture_output=True, text=True, check=True).stdout
+        return out.strip().split(";")[0]
+
+    array, single = sbatch("--array=0-1"), sbatch()
+    handles = [SimpleNamespace(job_id=f"{array}_0"), SimpleNamespace(job_id=f"{array}_1"), SimpleNamespace(job_id=single)]
+    assert still_queued([h.job_id for h in handles])
+    t0 = time.time()
+    wait_off_queue(handles, longest_poll_s=0.5)
+    assert time.time() - t0 >= 1.5, "returned while the jobs were still sleeping"
+    assert not squeue_jobs().keys() & {f"{array}_0", f"{array}_1", single}, squeue_jobs()
+    assert still_queued(["999999"]) is False  # an id SLURM does not know has left the queue
