@@ -4,7 +4,7 @@ has left SLURM's queue.
 submitit tells that a job has ended from `sacct` and keeps the first ended state it reads. A job that
 is requeued (preempted, `scontrol requeue`, or submitit's own requeue on SIGUSR2) ends one run and
 starts another under the same id, and a sweep has been seen to report such a job failed ("has not
-produced any output (state: FAILED)") while SLURM was running it again. Here the sweep waits until
+produced any output (state: FAILED)") seconds after SLURM had requeued it. Here the sweep waits until
 none of its jobs is pending, running or completing (`squeue`), and only then reads their results.
 """
 
