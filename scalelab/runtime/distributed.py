@@ -24,6 +24,15 @@ def cluster_detected() -> str | None:
     return None
 
 
+def scheduler_job() -> str | None:
+    """The SLURM job this process runs in, as squeue and submitit name it (`12_3` for task 3 of
+    array 12), or None outside SLURM."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
+
+
 def initialize(dist_cfg) -> None:
     global _initialized
     if _initialized:

@@ -183,7 +183,9 @@ def sweep_status(sweep_dir) -> dict:
         error = (summary or {}).get("error") or {}
         cells.append({
             "subdir": job.get("subdir"),
-            "job_id": job_ids.get(job.get("subdir") or ""),
+            # a packed group's job (cluster_jobs.json), else the SLURM job the run's summary names
+            "job_id": job_ids.get(job.get("subdir") or "") or (summary or {}).get("slurm_job"),
+            "group_job": (job.get("subdir") or "") in job_ids,
             "overrides": job["overrides"],
             "planned": job["planned"],
             "status": status,
@@ -231,6 +233,15 @@ def sweep_status(sweep_dir) -> dict:
             "rows": rows, "columns": columns, "cells": cells, "counts": counts}
 
 
+def job_where(sweep_dir, job_id: str | None) -> str:
+    """` (SLURM job ID, log: PATH)` for a status line: the job, and the error log submitit kept
+    for it under the sweep when there is one."""
+    if not job_id:
+        return ""
+    log = Path(sweep_dir) / ".submitit" / job_id / f"{job_id}_0_log.err"
+    return f" (SLURM job {job_id}, log: {log})" if log.is_file() else f" (SLURM job {job_id})"
+
+
 def format_status(status: dict) -> str:
     cells = {(c["row"], c["column"]): c for c in status["cells"]}
     header = [status["row_key"] + " \\ " + (status["column_key"] or "")] + status["columns"]
@@ -253,13 +264,13 @@ def format_status(status: dict) -> str:
     failed = [c for c in status["cells"] if c["status"] in ("failed", "diverged", "preempted")]
     for c in failed:
         out.append(f"  {c['status']}: {c['row']} @ {c['column']}: {c['error'] or '(no error message)'}"
-                   f"  [{c['subdir']}]")
+                   f"  [{c['subdir']}]" + job_where(status["sweep_dir"], c.get("job_id")))
     for c in status["cells"]:
         if c["status"] == "missing":
             out.append(f"  missing: {' '.join(c['overrides'])}  [{c['subdir']}]")
     by_job: dict[str, list] = {}
     for c in status["cells"]:
-        if c.get("job_id"):
+        if c.get("job_id") and c.get("group_job"):
             by_job.setdefault(c["job_id"], []).append(c)
     for job_id, members in by_job.items():
         out.append(f"  SLURM job {job_id}: " + ", ".join(f"{c['subdir']} ({c['status']})" for c in members))

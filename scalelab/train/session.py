@@ -18,6 +18,7 @@ import jax
 from scalelab import ledger
 from scalelab.runfiles import TRAIN_LOG
 from scalelab.runtime import watchdog
+from scalelab.runtime.distributed import scheduler_job
 from scalelab.train import trackers
 from scalelab.train.build import Run
 from scalelab.train.checkpoint import Checkpointer, checkpoint_dir
@@ -67,6 +68,7 @@ def base_summary(run: Run) -> dict:
         "attention": run.fns.spec.attention,  # model.attention=auto resolved
         "devices": jax.device_count(),
         "processes": jax.process_count(),
+        "slurm_job": scheduler_job(),  # the SLURM job that last trained the run (None outside SLURM)
         "init_from": origin.init_from,
         "fork_from": origin.fork_from,
         "role": origin.role,

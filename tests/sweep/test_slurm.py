@@ -150,6 +150,7 @@ def test_isoflop_sweep_on_slurm(iso_sweep, slurm_cluster):
         assert node == slurm_cluster["node"]
     runs = summaries(sweep_dir)
     assert set(runs) == {j["subdir"] for j in plan["jobs"]}
+    assert {s["slurm_job"] for s in runs.values()} == tasks  # each run names the array task that trained it
     for job in plan["jobs"]:
         s = runs[job["subdir"]]
         assert s["status"] == "completed"

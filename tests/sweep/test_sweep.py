@@ -243,10 +243,14 @@ def test_status_completed_failed_missing(tmp_path, capsys):
     (sweep_dir / "plan.json").write_text(json.dumps({"kind": "isoflop", "jobs": jobs}))
     _write_summary(sweep_dir / jobs[0]["subdir"], status="completed", model="p1m", final_eval_loss=3.25,
                    budget=1e15, params=930_400)
-    _write_summary(sweep_dir / jobs[1]["subdir"], status="failed", model="p3m", budget=1e15,
+    # the failed run was SLURM job 7_1 (submitit kept its error log), the diverged one 7_2 (no log)
+    _write_summary(sweep_dir / jobs[1]["subdir"], status="failed", model="p3m", budget=1e15, slurm_job="7_1",
                    error={"message": "RuntimeError: out of memory\nsecond line", "traceback": "..."})
-    _write_summary(sweep_dir / jobs[2]["subdir"], status="diverged", model="p1m", budget=3e15,
+    _write_summary(sweep_dir / jobs[2]["subdir"], status="diverged", model="p1m", budget=3e15, slurm_job="7_2",
                    error={"message": "non-finite training metrics at step 7"})
+    log = sweep_dir / ".submitit" / "7_1" / "7_1_0_log.err"
+    log.parent.mkdir(parents=True)
+    log.write_text("Traceback ...")
     # jobs[3] never ran: missing
 
     out = status_of(sweep_dir, capsys=capsys)
@@ -256,6 +260,8 @@ def test_status_completed_failed_missing(tmp_path, capsys):
     assert table["p1m"] == ["completed", "3.2500", "diverged"]
     assert table["p3m"] == ["failed", "missing"]
     assert "failed: p3m @ 1e+15: RuntimeError: out of memory" in out and "second line" not in out
+    assert f"(SLURM job 7_1, log: {log})" in out and "(SLURM job 7_2)" in out
+    assert "SLURM job 7_1:" not in out  # one job per run: no per-job listing (that is for packed groups)
     assert f"missing: {' '.join(jobs[3]['overrides'])}" in out
 
     st = json.loads(status_of(sweep_dir, "--json", capsys=capsys))
