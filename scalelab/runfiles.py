@@ -2,7 +2,9 @@
 
 A run directory holds `.hydra/` (Hydra's), `train.log`, `metrics.jsonl` (one JSON object per
 logged step), `summary.json` (the run's record), `checkpoints/<step>/` (Orbax),
-`checkpoint_files/`, `tensorboard/` and what the trackers write (`trackers.json`, `wandb/`, `mlruns/`); a sweep directory holds its runs and the IsoFLOP sweeper's `plan.json`.
+`checkpoint_files/`, `tensorboard/`, what the trackers write (`trackers.json`, `wandb/`, `mlruns/`)
+and, once `scalelab eval --tasks --record` scored a finished run, `tasks.json`; a sweep directory
+holds its runs and the IsoFLOP sweeper's `plan.json`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ TENSORBOARD = "tensorboard"
 TRACKERS = "trackers.json"  # the W&B run id and MLflow run id of this run directory, kept for resumes
 WANDB = "wandb"  # W&B's own directory (offline runs)
 MLRUNS = "mlruns"  # MLflow's file store, unless logger.mlflow.tracking_uri names another
+TASKS = "tasks.json"  # task scores of the final checkpoint, recorded after training (eval --tasks --record)
 PLAN = "plan.json"
 CLUSTER_JOBS = "cluster_jobs.json"  # a sweep's cluster jobs (slurm_packed): each job id and its members
 

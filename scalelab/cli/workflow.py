@@ -89,12 +89,44 @@ def _add_eval(subparsers) -> None:
     p.add_argument("--include", action="append", default=[], metavar="DIR",
                    help="with --tasks: a directory of your own task YAMLs (repeatable)")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks --tasks can name, and exit")
+    p.add_argument("--record", action="store_true", help="with --tasks: score the final checkpoint of the run, "
+                   "or of every completed run under a sweep directory, and keep the scores in each run's "
+                   "tasks.json, where collect and the report find them (runs already scored are skipped)")
     common.add_json(p, "the result")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.set_defaults(func=eval_main)
 
 
+def record_main(args) -> int:
+    """`eval RUN_OR_SWEEP --tasks NAMES --record`: each completed run's final checkpoint scored and
+    its scores kept in its tasks.json (built-in tasks need no harness)."""
+    from scalelab.infer.tasks import record_tasks, run_dirs
+
+    if not args.checkpoint:
+        raise SystemExit("error: --record needs a run or a sweep directory")
+    runs = run_dirs(args.checkpoint)
+    if not runs:
+        raise SystemExit(f"error: no runs under {args.checkpoint} (no summary.json at any depth)")
+    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    results, failed = {}, 0
+    for run_dir in runs:
+        try:
+            what, scores = record_tasks(run_dir, args.tasks.split(","), limit, args.include)
+        except ImportError as exc:
+            raise SystemExit(f"error: tasks other than the built-in ones need the lm-evaluation-harness: "
+                             f"pip install 'scalelab[tasks]' ({exc})") from None
+        failed += what.startswith("skipped (its newest checkpoint")
+        results[str(run_dir)] = {"outcome": what, "scores": scores}
+        if not common.to_stdout(args.json):
+            accs = "  ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in scores.items() if k.endswith("/acc"))
+            print(f"{run_dir.name}: {what}" + (f"  (acc: {accs})" if accs else ""))
+    common.write_json(results, args.json)
+    return 1 if failed else 0
+
+
 def tasks_main(args) -> int:
+    if args.record:
+        return record_main(args)
     try:
         from scalelab.tasks import harness
     except ImportError as exc:
@@ -128,6 +160,8 @@ def tasks_main(args) -> int:
 def eval_main(args) -> int:
     from scalelab.infer.evaluate import evaluate, format_table
 
+    if args.record and not args.tasks:
+        raise SystemExit("error: --record goes with --tasks NAMES")
     if args.tasks or args.list_tasks:
         return tasks_main(args)
     if not args.checkpoint:

@@ -48,30 +48,16 @@ def evaluate(run: Run, params, batches, beat=None) -> float:
 
 
 def evaluate_tasks(run: Run, params, beat=None) -> dict:
-    """`train.eval_tasks` scored with `params`: per task its accuracy, length-normalised accuracy,
-    the right choice's bits per byte and its number of items, as `task/NAME/acc`, `.../acc_norm`,
-    `.../bpb`, `.../items`; `beat()` after each task and each block of a harness task's rows (the
-    watchdog's progress). Built-in tasks are scored directly; the others through the
-    lm-evaluation-harness."""
-    from scalelab.tasks import builtin, scoring
+    """`train.eval_tasks` scored with `params` (`scalelab.tasks.suite`): per task its accuracy,
+    length-normalised accuracy, the right choice's bits per byte and its number of items, as
+    `task/NAME/acc`, `.../acc_norm`, `.../bpb`, `.../items`; `beat()` after each task and each block
+    of a harness task's rows (the watchdog's progress)."""
+    if not run.train.eval_tasks:
+        return {}
+    from scalelab.tasks.suite import score_tasks
 
-    out = {}
-    others = [name for name in run.train.eval_tasks if name not in builtin.TASKS]
-    for name in (n for n in run.train.eval_tasks if n in builtin.TASKS):
-        result = scoring.score_choices(run.fns, params, run.store.tokenizer, builtin.task_items(name), run.shape.seq_len)
-        out |= {f"task/{name}/{k}": float(result[k]) for k in ("acc", "acc_norm", "bpb", "items")}
-        if beat is not None:
-            beat()
-    if others:
-        from scalelab.tasks import harness
-
-        model = harness.TaskModel(run.fns, params, run.store.tokenizer, run.shape.seq_len, progress=beat)
-        for name in others:  # one at a time, so that the watchdog hears from each
-            scores = harness.task_scores(model, [name], run.train.eval_tasks_limit or None, run.train.eval_tasks_include)
-            out |= {f"task/{task}/{k}": float(v) for task, row in scores.items() for k, v in row.items()}
-            if beat is not None:
-                beat()
-    return out
+    return score_tasks(run.fns, params, run.store.tokenizer, run.shape.seq_len, run.train.eval_tasks,
+                       run.train.eval_tasks_limit or None, run.train.eval_tasks_include, beat)
 
 
 def task_fields(row: dict) -> dict:

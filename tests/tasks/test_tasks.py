@@ -211,3 +211,44 @@ def test_an_unknown_eval_task_fails_before_compilation_naming_the_key(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing left behind
     with pytest.raises(ConfigError, match="train.eval_tasks_limit"):
         build_run(compose_config([*TINY, "train.eval_tasks=[stdlib]", "train.eval_tasks_limit=-1"]), tmp_path / "run")
+
+
+def test_record_scores_finished_runs_as_their_loop_would_have_without_training_them_again(run_dir, tmp_path):
+    """`scalelab eval SWEEP --tasks stdlib --record` scores each completed run's final checkpoint with
+    the loop's computation: the same numbers a run trained with train.eval_tasks=[stdlib] wrote in its
+    summary, kept in tasks.json (the summary untouched) and read by collect; a second call scores
+    nothing; a run that did not complete is skipped."""
+    import shutil
+
+    from scalelab.analysis import AnalysisWarning, collect
+    from scalelab.cli import main as cli
+    from scalelab.train.runlog import read_summary
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run_dir, sweep / "plain")  # trained without tasks
+    (sweep / "killed").mkdir()
+    (sweep / "killed" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    looped = tmp_path / "looped"
+    fit(build_run(compose_config([*TINY, "train.eval_tasks=[stdlib]"]), looped, jax.local_devices()[:1]))
+    keys = {f"task/{t}/{m}" for t in builtin.TASKS for m in ("acc", "acc_norm", "bpb", "items")}
+    expected = {k: read_summary(looped)[k] for k in keys}
+
+    summary_bytes = (sweep / "plain" / "summary.json").read_bytes()
+    out = tmp_path / "record.json"
+    assert cli.main(["eval", str(sweep), "--tasks", "stdlib", "--record", "--json", str(out)]) == 0
+    outcomes = json.loads(out.read_text())
+    assert outcomes[str(sweep / "killed")]["outcome"].startswith("skipped (failed")
+    assert outcomes[str(sweep / "plain")]["scores"] == expected
+    recorded = json.loads((sweep / "plain" / "tasks.json").read_text())
+    assert recorded["step"] == read_summary(sweep / "plain")["steps"] and set(recorded["tasks"]) == set(builtin.TASKS)
+    assert (sweep / "plain" / "summary.json").read_bytes() == summary_bytes
+    with pytest.warns(AnalysisWarning, match="excluded 1 of 2 runs"):  # the failed one
+        row = collect([sweep]).set_index("run_dir").loc[str(sweep / "plain")]
+    assert {k: row[k] for k in keys} == expected
+
+    stamp = (sweep / "plain" / "tasks.json").stat().st_mtime_ns
+    assert cli.main(["eval", str(sweep / "plain"), "--tasks", "stdlib_ident", "--record", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[str(sweep / "plain")]["outcome"] == "already scored"
+    assert (sweep / "plain" / "tasks.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="--record goes with --tasks"):
+        cli.main(["eval", str(sweep), "--record"])

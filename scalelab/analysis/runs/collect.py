@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from scalelab import paths
-from scalelab.runfiles import CHECKPOINTS, HYDRA, METRICS, SUMMARY
+from scalelab.runfiles import CHECKPOINTS, HYDRA, METRICS, SUMMARY, TASKS
 
 from scalelab.analysis.errors import AnalysisError, AnalysisWarning
 from scalelab.analysis.runs.table import CURVE_COLUMNS, INCLUDED_STATUS
@@ -81,6 +81,21 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def recorded_task_scores(run_dir: Path, final_step) -> dict:
+    """The task scores `scalelab eval --tasks --record` kept in the run's tasks.json, if they were
+    taken at the run's final step (a record of an earlier training of the directory is ignored)."""
+    path = run_dir / TASKS
+    if not path.is_file():
+        return {}
+    try:
+        recorded = json.loads(path.read_text())
+        entries = recorded["tasks"].values() if recorded.get("step") == final_step else []
+        return {k: v for entry in entries for k, v in entry["scores"].items() if k.startswith(TASK_PREFIX)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        warnings.warn(f"{path}: unreadable ({exc}); its task scores are left out", AnalysisWarning, stacklevel=2)
+        return {}
+
+
 def read_summary_row(run_dir: Path, sweep: str) -> dict:
     """One table row from a run's summary.json (status 'unreadable' if it can't be parsed)."""
     row = {"sweep": sweep, "run_dir": str(run_dir)}
@@ -112,6 +127,8 @@ def read_summary_row(run_dir: Path, sweep: str) -> dict:
             row[column] = len(value) if isinstance(value, list) else _number(value)
     for column in (k for k in summary if k.startswith(TASK_PREFIX)):  # train.eval_tasks' final scores
         row[column] = _number(summary[column])
+    for column, value in recorded_task_scores(run_dir, summary.get("steps")).items():
+        row.setdefault(column, _number(value))  # scored after training (eval --tasks --record)
     config = summary.get("config")
     row[CONFIG] = flatten_config(config) if isinstance(config, dict) else {}
     usable = all(np.isfinite(row[k]) and row[k] > 0 for k in ("params", "tokens", "flops", "loss"))

@@ -1,0 +1,77 @@
+"""Task scores for finished runs, without training them again.
+
+`train.eval_tasks` is part of a run's config, so adding tasks to a finished study in its config
+would train every run again. Instead `scalelab eval RUN_OR_SWEEP --tasks NAMES --record` scores each
+completed run's final checkpoint with the training loop's own computation (`tasks.suite`) and keeps
+the scores in the run's `tasks.json`:
+
+    {"step": S, "tasks": {NAME: {"limit": L, "include": [DIR, ...], "scores": {"task/NAME/acc": ...}}}}
+
+`collect` adds them to the run's row beside its summary (scores the loop wrote in summary.json come
+first), so that the report's task section and `analyze tasks` read them as in-loop scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scalelab.infer.load import load_checkpoint
+from scalelab.runfiles import CHECKPOINTS, HYDRA, SUMMARY, TASKS
+from scalelab.tasks import builtin
+from scalelab.tasks.suite import score_tasks
+from scalelab.train.checkpoint import NoCheckpoint, find_checkpoint
+from scalelab.train.runlog import read_summary, write_json_atomic
+
+
+def run_dirs(path) -> list[Path]:
+    """`path` itself when it is a run (it holds a summary.json), else every run under it."""
+    path = Path(path)
+    if (path / SUMMARY).is_file():
+        return [path]
+    found = (p.parent for p in path.rglob(SUMMARY)
+             if not {HYDRA, CHECKPOINTS} & set(p.relative_to(path).parts[:-1]))
+    return sorted(found)
+
+
+def read_recorded(run_dir) -> dict:
+    path = Path(run_dir) / TASKS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _known(summary: dict, recorded: dict, name: str, limit, include: list[str], step: int) -> bool:
+    """Whether the run already has `name`'s scores for this step, limit and include: from its loop
+    (built-in tasks, scored whole) or from an earlier record."""
+    if name in builtin.TASKS and f"task/{name}/acc" in summary:
+        return True
+    entry = recorded.get("tasks", {}).get(name) if recorded.get("step") == step else None
+    return bool(entry) and entry["limit"] == limit and entry["include"] == include
+
+
+def record_tasks(run_dir, names, limit: int | None = None, include=()) -> tuple[str, dict]:
+    """Score a completed run's final checkpoint on the tasks `names` it has no scores for yet and
+    add them to its tasks.json; (what was done, in words; the scores added)."""
+    run_dir, include = Path(run_dir), [str(d) for d in include]
+    summary = read_summary(run_dir) or {}
+    if summary.get("status") != "completed":
+        return f"skipped ({summary.get('status', 'no summary.json')}: only completed runs are scored)", {}
+    try:
+        files = find_checkpoint(run_dir)
+    except NoCheckpoint:
+        return "skipped (no checkpoint to score)", {}
+    if files.step != summary.get("steps"):
+        return f"skipped (its newest checkpoint is step {files.step}, the run ended at step {summary.get('steps')})", {}
+    recorded = read_recorded(run_dir)
+    todo = [n for n in builtin.expand(list(names)) if not _known(summary, recorded, n, limit, include, files.step)]
+    if not todo:
+        return "already scored", {}
+    model = load_checkpoint(files)
+    tasks = {} if recorded.get("step") != files.step else dict(recorded.get("tasks", {}))
+    added = {}
+    for name in todo:
+        scores = score_tasks(model.fns, model.params, model.tokenizer, int(model.config.data.seq_len), [name],
+                             limit, include)
+        tasks[name] = {"limit": limit, "include": include, "scores": scores}
+        added |= scores
+    write_json_atomic(run_dir / TASKS, {"step": files.step, "tasks": tasks})
+    return f"scored {', '.join(todo)} at step {files.step}", added
