@@ -108,20 +108,20 @@ def record_main(args) -> int:
     if not runs:
         raise SystemExit(f"error: no runs under {args.checkpoint} (no summary.json at any depth)")
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-    results, failed = {}, 0
+    results, problems = {}, 0
     for run_dir in runs:
         try:
-            what, scores = record_tasks(run_dir, args.tasks.split(","), limit, args.include)
+            done = record_tasks(run_dir, args.tasks.split(","), limit, args.include)
         except ImportError as exc:
             raise SystemExit(f"error: tasks other than the built-in ones need the lm-evaluation-harness: "
                              f"pip install 'scalelab[tasks]' ({exc})") from None
-        failed += what.startswith("skipped (its newest checkpoint")
-        results[str(run_dir)] = {"outcome": what, "scores": scores}
+        problems += done.problem
+        results[str(run_dir)] = {"outcome": done.what, "scores": done.scores}
         if not common.to_stdout(args.json):
-            accs = "  ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in scores.items() if k.endswith("/acc"))
-            print(f"{run_dir.name}: {what}" + (f"  (acc: {accs})" if accs else ""))
+            accs = "  ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in done.scores.items() if k.endswith("/acc"))
+            print(f"{run_dir.name}: {done.what}" + (f"  (acc: {accs})" if accs else ""))
     common.write_json(results, args.json)
-    return 1 if failed else 0
+    return 1 if problems else 0  # a completed run left unscored is named above
 
 
 def tasks_main(args) -> int:

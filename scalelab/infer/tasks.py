@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from scalelab.infer.load import load_checkpoint
 from scalelab.runfiles import CHECKPOINTS, HYDRA, SUMMARY, TASKS
@@ -48,23 +49,30 @@ def _known(summary: dict, recorded: dict, name: str, limit, include: list[str], 
     return bool(entry) and entry["limit"] == limit and entry["include"] == include
 
 
-def record_tasks(run_dir, names, limit: int | None = None, include=()) -> tuple[str, dict]:
+class Recorded(NamedTuple):
+    what: str  # what was done, in words
+    scores: dict  # the scores added
+    problem: bool = False  # a completed run that could not be scored (no final checkpoint)
+
+
+def record_tasks(run_dir, names, limit: int | None = None, include=()) -> Recorded:
     """Score a completed run's final checkpoint on the tasks `names` it has no scores for yet and
-    add them to its tasks.json; (what was done, in words; the scores added)."""
+    add them to its tasks.json. Runs that did not complete are skipped."""
     run_dir, include = Path(run_dir), [str(d) for d in include]
     summary = read_summary(run_dir) or {}
     if summary.get("status") != "completed":
-        return f"skipped ({summary.get('status', 'no summary.json')}: only completed runs are scored)", {}
+        return Recorded(f"skipped ({summary.get('status', 'no summary.json')}: only completed runs are scored)", {})
     try:
         files = find_checkpoint(run_dir)
     except NoCheckpoint:
-        return "skipped (no checkpoint to score)", {}
+        return Recorded("not scored: it has no checkpoint", {}, problem=True)
     if files.step != summary.get("steps"):
-        return f"skipped (its newest checkpoint is step {files.step}, the run ended at step {summary.get('steps')})", {}
+        return Recorded(f"not scored: its newest checkpoint is step {files.step}, the run ended at step "
+                        f"{summary.get('steps')}", {}, problem=True)
     recorded = read_recorded(run_dir)
     todo = [n for n in builtin.expand(list(names)) if not _known(summary, recorded, n, limit, include, files.step)]
     if not todo:
-        return "already scored", {}
+        return Recorded("already scored", {})
     model = load_checkpoint(files)
     tasks = {} if recorded.get("step") != files.step else dict(recorded.get("tasks", {}))
     added = {}
@@ -74,4 +82,4 @@ def record_tasks(run_dir, names, limit: int | None = None, include=()) -> tuple[
         tasks[name] = {"limit": limit, "include": include, "scores": scores}
         added |= scores
     write_json_atomic(run_dir / TASKS, {"step": files.step, "tasks": tasks})
-    return f"scored {', '.join(todo)} at step {files.step}", added
+    return Recorded(f"scored {', '.join(todo)} at step {files.step}", added)

@@ -252,3 +252,11 @@ def test_record_scores_finished_runs_as_their_loop_would_have_without_training_t
     assert (sweep / "plain" / "tasks.json").stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit, match="--record goes with --tasks"):
         cli.main(["eval", str(sweep), "--record"])
+    # a completed run whose newest checkpoint is not its final step is named, unscored, exit code 1
+    odd = tmp_path / "odd" / "run"
+    shutil.copytree(run_dir, odd)
+    summary = read_summary(odd)
+    (odd / "summary.json").write_text(json.dumps(summary | {"steps": summary["steps"] + 1}))
+    assert cli.main(["eval", str(odd.parent), "--tasks", "stdlib", "--record", "--json", str(out)]) == 1
+    assert "newest checkpoint is step" in json.loads(out.read_text())[str(odd)]["outcome"]
+    assert not (odd / "tasks.json").exists()
