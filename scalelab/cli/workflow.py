@@ -100,11 +100,12 @@ def _add_eval(subparsers) -> None:
 def record_main(args) -> int:
     """`eval RUN_OR_SWEEP --tasks NAMES --record`: each completed run's final checkpoint scored and
     its scores kept in its tasks.json (built-in tasks need no harness)."""
-    from scalelab.infer.tasks import record_tasks, run_dirs
+    from scalelab.analysis.runs.collect import find_run_dirs
+    from scalelab.infer.tasks import record_tasks
 
     if not args.checkpoint:
         raise SystemExit("error: --record needs a run or a sweep directory")
-    runs = run_dirs(args.checkpoint)
+    runs = find_run_dirs(Path(args.checkpoint))
     if not runs:
         raise SystemExit(f"error: no runs under {args.checkpoint} (no summary.json at any depth)")
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)

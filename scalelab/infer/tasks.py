@@ -18,21 +18,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from scalelab.infer.load import load_checkpoint
-from scalelab.runfiles import CHECKPOINTS, HYDRA, SUMMARY, TASKS
+from scalelab.runfiles import TASKS
 from scalelab.tasks import builtin
 from scalelab.tasks.suite import score_tasks
 from scalelab.train.checkpoint import NoCheckpoint, find_checkpoint
 from scalelab.train.runlog import read_summary, write_json_atomic
-
-
-def run_dirs(path) -> list[Path]:
-    """`path` itself when it is a run (it holds a summary.json), else every run under it."""
-    path = Path(path)
-    if (path / SUMMARY).is_file():
-        return [path]
-    found = (p.parent for p in path.rglob(SUMMARY)
-             if not {HYDRA, CHECKPOINTS} & set(p.relative_to(path).parts[:-1]))
-    return sorted(found)
 
 
 def read_recorded(run_dir) -> dict:
